@@ -1,0 +1,72 @@
+"""The one dispatch point between the fused Triton kernels and the reference ops.
+
+The model calls only `remn.ops.memory_read` and `remn.ops.local_attention`. With
+`backend=None` (automatic) a call goes to the Triton kernel when every tensor is on CUDA,
+the dtype is one the kernels take and Triton imports; otherwise to `remn.reference`.
+`backend="triton"` forces the kernel and raises with the reason when it cannot run (on CPU
+tensors it runs only under `TRITON_INTERPRET=1`); `backend="reference"` forces PyTorch.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from remn import reference
+
+BACKENDS = (None, "triton", "reference")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def triton_unavailable_reason(*tensors: torch.Tensor | None) -> str | None:
+    """Why the Triton kernels cannot take these tensors, or None when they can."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    present = [t for t in tensors if t is not None]
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    for tensor in present:
+        if tensor.device.type != "cuda" and not (interpreted and tensor.device.type == "cpu"):
+            return f"tensor on {tensor.device} (the kernels need CUDA, or CPU under TRITON_INTERPRET=1)"
+        if tensor.dtype not in KERNEL_DTYPES:
+            return f"dtype {tensor.dtype} is not one of {[str(d) for d in KERNEL_DTYPES]}"
+    return None
+
+
+def can_run_triton(*tensors: torch.Tensor | None, raise_error: bool = False) -> bool:
+    """True when the Triton kernels can run on these tensors; with raise_error, say why not."""
+    reason = triton_unavailable_reason(*tensors)
+    if reason is not None and raise_error:
+        raise RuntimeError(f"the Triton backend cannot run: {reason}")
+    return reason is None
+
+
+def choose_backend(backend: str | None, *tensors: torch.Tensor | None) -> str:
+    """Resolve `backend` (None, "triton" or "reference") for these tensors."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return "reference"
+    if backend == "triton":
+        can_run_triton(*tensors, raise_error=True)
+        return "triton"
+    on_cuda = all(t.device.type == "cuda" for t in tensors if t is not None)
+    return "triton" if on_cuda and can_run_triton(*tensors) else "reference"
+
+
+def memory_read(query_key, memory_key, memory_value, key_bias=None, *, scale=None, top_k=None, backend=None):
+    """Gated memory read; see `remn.reference.memory_read` for shapes and math."""
+    if choose_backend(backend, query_key, memory_key, memory_value, key_bias) == "triton":
+        from remn.kernels import memory_read as fused_memory_read
+
+        return fused_memory_read(query_key, memory_key, memory_value, key_bias, scale=scale, top_k=top_k)
+    return reference.memory_read(query_key, memory_key, memory_value, key_bias, scale=scale, top_k=top_k)
+
+
+def local_attention(query_key, key, value, radius, key_bias=None, *, scale=None, backend=None):
+    """Windowed local attention; see `remn.reference.local_attention` for shapes and math."""
+    if choose_backend(backend, query_key, key, value, key_bias) == "triton":
+        from remn.kernels import local_attention as fused_local_attention
+
+        return fused_local_attention(query_key, key, value, radius, key_bias, scale=scale)
+    return reference.local_attention(query_key, key, value, radius, key_bias, scale=scale)

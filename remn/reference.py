@@ -1,0 +1,177 @@
+"""Reference PyTorch implementations of remn's two hot ops: the specification.
+
+The fused Triton kernels in `remn.kernels` must match these functions (same signatures,
+same semantics); the tests compare against them and the benchmarks use them as the
+baseline. Both compute in fp32 whatever the input dtype and return the value's dtype.
+
+Affinity (STCN's negative squared L2 distance, with the query's own |q|² dropped because
+the softmax over keys does not depend on it):
+
+    logit[b, i, j] = scale · (2⟨q_bi, k_bj⟩ − |k_bj|²) + key_bias[b, j],  scale = 1/sqrt(Ck)
+
+A key whose bias is −inf takes no part; a query with no remaining key reads zeros.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _check_rank(name: str, tensor: torch.Tensor, rank: int, layout: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(tensor).__name__}")
+    if tensor.dim() != rank:
+        raise ValueError(f"{name} must have shape {layout}, got {tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+
+
+def _safe_softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax over `dim` where a slice of only −inf gives zeros instead of NaN."""
+    row_max = logits.amax(dim=dim, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    weights = torch.exp(logits - row_max.detach())
+    total = weights.sum(dim=dim, keepdim=True)
+    return weights / total.clamp_min(torch.finfo(weights.dtype).tiny)
+
+
+def check_memory_read_args(query_key, memory_key, memory_value, key_bias, top_k):
+    """Validate `memory_read` arguments; returns (B, Ck, N, M, O, Cv)."""
+    _check_rank("query_key", query_key, 3, "[B, Ck, N]")
+    _check_rank("memory_key", memory_key, 3, "[B, Ck, M]")
+    _check_rank("memory_value", memory_value, 4, "[B, O, Cv, M]")
+    batch, key_dim, num_queries = query_key.shape
+    num_objects, value_dim, num_keys = memory_value.shape[1:]
+    if memory_key.shape[:2] != (batch, key_dim):
+        raise ValueError(
+            f"memory_key {tuple(memory_key.shape)} does not match query_key "
+            f"{tuple(query_key.shape)} in batch or key channels ([B, Ck, M] vs [B, Ck, N])"
+        )
+    if memory_value.shape[0] != batch or memory_value.shape[3] != memory_key.shape[2]:
+        raise ValueError(
+            f"memory_value {tuple(memory_value.shape)} must be [B, O, Cv, M] with B={batch} "
+            f"and M={memory_key.shape[2]} memory positions"
+        )
+    if key_bias is not None:
+        _check_rank("key_bias", key_bias, 2, "[B, M]")
+        if tuple(key_bias.shape) != (batch, num_keys):
+            raise ValueError(f"key_bias must have shape [B, M] = {(batch, num_keys)}, got {tuple(key_bias.shape)}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    devices = {t.device for t in (query_key, memory_key, memory_value) + ((key_bias,) if key_bias is not None else ())}
+    if len(devices) != 1:
+        raise ValueError(f"all memory_read inputs must be on one device, got {sorted(map(str, devices))}")
+    return batch, key_dim, num_queries, num_keys, num_objects, value_dim
+
+
+def memory_read(
+    query_key: torch.Tensor,
+    memory_key: torch.Tensor,
+    memory_value: torch.Tensor,
+    key_bias: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    top_k: int | None = None,
+) -> torch.Tensor:
+    """Gated global memory read.
+
+    query_key: [B, Ck, N]; memory_key: [B, Ck, M]; memory_value: [B, O, Cv, M];
+    key_bias: [B, M] or None (the log of each memory frame's gate score, per position).
+    Returns [B, O, Cv, N]: out[b, o, :, i] = Σ_j softmax_j(logit[b, i, j]) · v[b, o, :, j].
+    With `top_k=k` only the keys whose logit is ≥ the query's k-th largest logit take part.
+    """
+    check_memory_read_args(query_key, memory_key, memory_value, key_bias, top_k)
+    key_dim, num_keys = memory_key.shape[1], memory_key.shape[2]
+    scale = 1.0 / math.sqrt(key_dim) if scale is None else scale
+    query = query_key.float()
+    keys = memory_key.float()
+    key_sq = keys.pow(2).sum(dim=1)  # [B, M]
+    logits = scale * (2.0 * torch.einsum("bcm,bcn->bmn", keys, query) - key_sq[:, :, None])  # [B, M, N]
+    if key_bias is not None:
+        logits = logits + key_bias.float()[:, :, None]
+    if top_k is not None and top_k < num_keys:
+        kth_largest = logits.topk(top_k, dim=1).values[:, -1:, :]  # [B, 1, N]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    probs = _safe_softmax(logits, dim=1)  # [B, M, N]
+    out = torch.einsum("bocm,bmn->bocn", memory_value.float(), probs)  # [B, O, Cv, N]
+    return out.to(memory_value.dtype)
+
+
+def check_local_attention_args(query_key, key, value, radius, key_bias):
+    """Validate `local_attention` arguments; returns (B, Ck, H, W, O, Cv)."""
+    _check_rank("query_key", query_key, 4, "[B, Ck, H, W]")
+    _check_rank("key", key, 4, "[B, Ck, H, W]")
+    _check_rank("value", value, 5, "[B, O, Cv, H, W]")
+    if key.shape != query_key.shape:
+        raise ValueError(f"key {tuple(key.shape)} must have the query_key's shape {tuple(query_key.shape)}")
+    batch, key_dim, height, width = query_key.shape
+    if value.shape[0] != batch or tuple(value.shape[3:]) != (height, width):
+        raise ValueError(f"value {tuple(value.shape)} must be [B, O, Cv, H, W] with B, H, W = {batch}, {height}, {width}")
+    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+        raise ValueError(f"radius must be a non-negative int, got {radius!r}")
+    if key_bias is not None:
+        if not isinstance(key_bias, torch.Tensor) or not key_bias.is_floating_point():
+            raise TypeError("key_bias must be a floating-point tensor broadcastable to [B, O, H, W]")
+        try:
+            torch.broadcast_shapes(key_bias.shape, (batch, value.shape[1], height, width))
+        except RuntimeError as err:
+            raise ValueError(
+                f"key_bias {tuple(key_bias.shape)} is not broadcastable to [B, O, H, W] = "
+                f"{(batch, value.shape[1], height, width)}"
+            ) from err
+        if key_bias.dim() > 4:
+            raise ValueError(f"key_bias must have at most 4 dims ([B, O, H, W]), got {tuple(key_bias.shape)}")
+    devices = {t.device for t in (query_key, key, value) + ((key_bias,) if key_bias is not None else ())}
+    if len(devices) != 1:
+        raise ValueError(f"all local_attention inputs must be on one device, got {sorted(map(str, devices))}")
+    return batch, key_dim, height, width, value.shape[1], value.shape[2]
+
+
+def local_attention(
+    query_key: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    radius: int,
+    key_bias: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Windowed attention of each query pixel over the previous frame around the same position.
+
+    query_key, key: [B, Ck, H, W]; value: [B, O, Cv, H, W]; key_bias: broadcastable to
+    [B, O, H, W] (a bias per object and key position) or None.
+    Returns [B, O, Cv, H, W]: for pixel p, softmax over the neighbours p' with |p'−p|∞ ≤ radius
+    that lie inside the image (outside positions are excluded, never zero-padded into the
+    softmax) of logit(p, p') = scale·(2⟨q_p, k_p'⟩ − |k_p'|²) + key_bias[o, p'], then
+    Σ_p' weight · value[o, :, p'].
+    """
+    batch, key_dim, height, width, num_objects, value_dim = check_local_attention_args(
+        query_key, key, value, radius, key_bias
+    )
+    scale = 1.0 / math.sqrt(key_dim) if scale is None else scale
+    pad = (radius, radius, radius, radius)
+    query = query_key.float()
+    keys_padded = torch.nn.functional.pad(key.float(), pad)  # [B, Ck, H+2r, W+2r]
+    values_padded = torch.nn.functional.pad(value.float(), pad)  # [B, O, Cv, H+2r, W+2r]
+    inside = torch.nn.functional.pad(query.new_ones(height, width), pad)  # [H+2r, W+2r]
+    bias = query.new_zeros(batch, num_objects, height, width)
+    if key_bias is not None:
+        bias = bias + key_bias.float()  # [B, O, H, W]
+    bias_padded = torch.nn.functional.pad(bias, pad)  # [B, O, H+2r, W+2r]
+
+    offsets = [(dy, dx) for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
+    window_logits = []
+    for dy, dx in offsets:
+        shifted_key = keys_padded[:, :, dy:dy + height, dx:dx + width]  # [B, Ck, H, W]
+        affinity = scale * (2.0 * (query * shifted_key).sum(1) - shifted_key.pow(2).sum(1))  # [B, H, W]
+        logit = affinity[:, None] + bias_padded[:, :, dy:dy + height, dx:dx + width]  # [B, O, H, W]
+        outside = inside[dy:dy + height, dx:dx + width] == 0
+        window_logits.append(logit.masked_fill(outside, float("-inf")))
+    weights = _safe_softmax(torch.stack(window_logits, dim=2), dim=2)  # [B, O, K, H, W]
+
+    out = value.new_zeros((batch, num_objects, value_dim, height, width), dtype=torch.float32)
+    for index, (dy, dx) in enumerate(offsets):
+        shifted_value = values_padded[..., dy:dy + height, dx:dx + width]  # [B, O, Cv, H, W]
+        out = out + weights[:, :, index, None] * shifted_value
+    return out.to(value.dtype)
