@@ -1,0 +1,5 @@
+import sys
+
+from remn.cli import main
+
+sys.exit(main())
