@@ -113,15 +113,13 @@ def check_local_attention_args(query_key, key, value, radius, key_bias):
     if key_bias is not None:
         if not isinstance(key_bias, torch.Tensor) or not key_bias.is_floating_point():
             raise TypeError("key_bias must be a floating-point tensor broadcastable to [B, O, H, W]")
+        target = (batch, value.shape[1], height, width)
         try:
-            torch.broadcast_shapes(key_bias.shape, (batch, value.shape[1], height, width))
-        except RuntimeError as err:
-            raise ValueError(
-                f"key_bias {tuple(key_bias.shape)} is not broadcastable to [B, O, H, W] = "
-                f"{(batch, value.shape[1], height, width)}"
-            ) from err
-        if key_bias.dim() > 4:
-            raise ValueError(f"key_bias must have at most 4 dims ([B, O, H, W]), got {tuple(key_bias.shape)}")
+            broadcast = torch.broadcast_shapes(key_bias.shape, target)
+        except RuntimeError:
+            broadcast = None
+        if broadcast != torch.Size(target):
+            raise ValueError(f"key_bias {tuple(key_bias.shape)} is not broadcastable to [B, O, H, W] = {target}")
     devices = {t.device for t in (query_key, key, value) + ((key_bias,) if key_bias is not None else ())}
     if len(devices) != 1:
         raise ValueError(f"all local_attention inputs must be on one device, got {sorted(map(str, devices))}")
