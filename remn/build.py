@@ -21,7 +21,7 @@ def build_model(
 
     fused: route the memory read and local attention to the Triton kernels when the tensors
         are on CUDA; on a machine without CUDA the reference PyTorch path runs (no error).
-    config: a preset name ("remn", "stcn", "tiny"), a ModelConfig or a dict; `overrides`
+    config: a preset name ("remn", "stcn", "rde", "tiny"), a ModelConfig or a dict; `overrides`
         replace single fields (e.g. local_radius=5).
     weights: a local checkpoint: a remn checkpoint, or STCN's published `stcn.pth` (REMN's
         gate and local branch then start neutral: equal gate scores, no local readout).

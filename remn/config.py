@@ -2,7 +2,8 @@
 
 `remn` is the full model on STCN's core (ResNet-50 keys, ResNet-18 values, Ck = 64,
 Cv = 512) with the soft modulation gate and the local attention branch; `stcn` is that core
-alone; `tiny` is a narrow, shallow model that trains on a CPU in minutes.
+alone; `rde` is that core with RDE-VOS's recurrent memory embedding (`mem_compress`);
+`tiny` is a narrow, shallow model that trains on a CPU in minutes.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     "remn": ModelConfig(name="remn"),
     "stcn": ModelConfig(name="stcn", gate=False, local_attention=False),
+    "rde": ModelConfig(name="rde", gate=False, local_attention=False, memory="rde"),
     "tiny": ModelConfig(
         name="tiny",
         key_dim=16,

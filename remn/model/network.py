@@ -25,6 +25,7 @@ from remn.model.gate import SoftModulationGate
 from remn.model.local_branch import LocalAttentionBranch
 from remn.model.masks import soft_aggregate
 from remn.model.modules import Decoder, KeyEncoder, KeyProjection, ValueEncoder
+from remn.model.rde import MemoryCompressor
 from remn.model.resnet import Bottleneck, check_blocks, stage_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -107,6 +108,7 @@ class REMN(nn.Module):
         self.decoder = Decoder(config.value_dim, c8, c4, config.decoder_dims)
         self.gate = SoftModulationGate(config.key_dim, config.gate_hidden) if config.gate else None
         self.local_branch = LocalAttentionBranch(config.value_dim, config.local_radius) if config.local_attention else None
+        self.mem_compress = MemoryCompressor(config.key_dim, config.value_dim) if config.memory == "rde" else None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
