@@ -114,11 +114,9 @@ def check_local_attention_args(query_key, key, value, radius, key_bias):
         if not isinstance(key_bias, torch.Tensor) or not key_bias.is_floating_point():
             raise TypeError("key_bias must be a floating-point tensor broadcastable to [B, O, H, W]")
         target = (batch, value.shape[1], height, width)
-        try:
-            broadcast = torch.broadcast_shapes(key_bias.shape, target)
-        except RuntimeError:
-            broadcast = None
-        if broadcast != torch.Size(target):
+        shape = tuple(key_bias.shape)
+        aligned = zip(reversed(shape), reversed(target))
+        if len(shape) > len(target) or any(size not in (1, want) for size, want in aligned):
             raise ValueError(f"key_bias {tuple(key_bias.shape)} is not broadcastable to [B, O, H, W] = {target}")
     devices = {t.device for t in (query_key, key, value) + ((key_bias,) if key_bias is not None else ())}
     if len(devices) != 1:
