@@ -1,0 +1,142 @@
+"""`remn segment`: one video, or a DAVIS / YouTube-VOS split, optionally sharded under torchrun.
+
+    remn segment FRAMES_DIR_OR_VIDEO --mask FIRST.png --output OUT_DIR
+    remn segment --davis-root ROOT --set val [--year 2017] --output OUT_DIR
+    remn segment --youtube-root ROOT --set valid --output OUT_DIR
+    torchrun --nproc_per_node N -m remn segment --davis-root ROOT --set val --output OUT_DIR
+
+Flags map onto `InferenceConfig` (remn.inference.config); bad input is reported as one
+line on stderr with exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from remn.inference.config import PRESETS, resolve_inference_config
+
+EXIT_BAD_INPUT = 2
+RANDOM_WEIGHTS_WARNING = (
+    "WARNING: no --weights given: the model has random weights and the masks it writes are "
+    "meaningless; pass trained weights (--weights FILE) for real results"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    inputs = parser.add_argument_group("input (one video, or a dataset split)")
+    inputs.add_argument("input", nargs="?", help="a folder of frames or a video file")
+    inputs.add_argument("--mask", help="the first frame's annotation PNG, or a folder of annotation PNGs named like the frames "
+                        "(objects first appearing on later frames: only their new ids are taken)")
+    inputs.add_argument("--davis-root", help="DAVIS root (JPEGImages/, Annotations/, ImageSets/)")
+    inputs.add_argument("--youtube-root", help="YouTube-VOS root (SET/JPEGImages, SET/Annotations, SET/meta.json)")
+    inputs.add_argument("--set", dest="split", help="dataset split (DAVIS: val; YouTube-VOS: valid)")
+    inputs.add_argument("--year", type=int, default=2017, choices=(2016, 2017), help="DAVIS year (default 2017)")
+    inputs.add_argument("--sequences", nargs="+", metavar="NAME", help="only these sequences of the split")
+
+    outputs = parser.add_argument_group("output")
+    outputs.add_argument("--output", "-o", required=True, help="output folder (dataset: one sub-folder per sequence)")
+    outputs.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
+    outputs.add_argument("--overlay", action="store_true", help="also write overlay JPEGs under OUTPUT/overlays")
+    outputs.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--config", default="remn", choices=sorted(PRESETS), help="inference preset and model config")
+    model.add_argument("--weights", help="trained weights (a remn checkpoint or STCN's stcn.pth)")
+    model.add_argument("--fused", dest="fused", action="store_true", default=True,
+                       help="Triton kernels for the memory read and local attention on CUDA (default)")
+    model.add_argument("--no-fused", dest="fused", action="store_false", help="the PyTorch reference ops")
+    model.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available; torchrun: cuda:LOCAL_RANK)")
+    model.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision on CUDA")
+    model.add_argument("--size", type=int, help="shorter side frames are resized to (default 480; 0 keeps the input size)")
+
+    memory = parser.add_argument_group("memory (defaults from the preset)")
+    memory.add_argument("--mem-every", type=int, help="memorise every N-th frame (switches to the fixed schedule)")
+    memory.add_argument("--change-threshold", type=float, help="adaptive update: memorise when 1 − IoU exceeds this")
+    memory.add_argument("--max-gap", type=int, help="adaptive update: memorise at least every N frames")
+    memory.add_argument("--capacity", type=int, help="memory frames at most (0: unbounded)")
+    memory.add_argument("--gate-threshold", type=float, help="drop memory frames whose gate score falls below this")
+    memory.add_argument("--top-k", type=int, help="keys each query reads from (0: all)")
+
+
+def config_from_args(args):
+    """The InferenceConfig the flags describe."""
+    overrides = {}
+    if args.size is not None:
+        overrides["size"] = None if args.size == 0 else args.size
+    if args.amp is not None:
+        overrides["amp"] = args.amp
+    if args.mem_every is not None:
+        overrides.update(update="every", mem_every=args.mem_every)
+    for flag in ("change_threshold", "max_gap", "gate_threshold"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
+    if args.capacity is not None:
+        overrides["capacity"] = None if args.capacity == 0 else args.capacity
+    if args.top_k is not None:
+        overrides["top_k"] = None if args.top_k == 0 else args.top_k
+    return resolve_inference_config(args.config, **overrides)
+
+
+def _plan(args):
+    from remn.inference import runner
+
+    datasets = [flag for flag, value in (("--davis-root", args.davis_root), ("--youtube-root", args.youtube_root)) if value]
+    if len(datasets) > 1:
+        raise ValueError("give either --davis-root or --youtube-root, not both")
+    if datasets and args.input:
+        raise ValueError(f"give either an input video or {datasets[0]}, not both")
+    if args.davis_root:
+        return runner.davis_jobs(args.davis_root, args.split or "val", args.year, args.output, args.sequences, args.overlay)
+    if args.youtube_root:
+        return runner.youtube_jobs(args.youtube_root, args.split or "valid", args.output, args.sequences, args.overlay)
+    if not args.input:
+        raise ValueError("give an input video (folder of frames or video file) with --mask, or --davis-root / --youtube-root")
+    if not args.mask:
+        raise ValueError("one video needs --mask with its first frame's annotation")
+    if args.sequences:
+        raise ValueError("--sequences selects sequences of a dataset; it does not apply to one video")
+    return [runner.single_video_job(args.input, args.mask, args.output, args.overlay)]
+
+
+def run(args) -> int:
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"remn segment: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _run(args) -> int:
+    import torch
+
+    from remn.build import build_model
+    from remn.inference import runner
+    from remn.inference.segmenter import Segmenter
+
+    config = config_from_args(args)
+    jobs = _plan(args)
+    context = runner.init_distributed(args.device)
+    try:
+        runner.check_jobs(jobs, context, args.overwrite)  # before any work, on every rank
+        if context.is_main and args.weights is None:
+            print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
+        if context.is_main and config.amp is not None and context.device.type != "cuda":
+            print(f"remn segment: --amp {config.amp} applies on CUDA only; running in float32 on {context.device}",
+                  file=sys.stderr)
+
+        def make_segmenter(device):
+            torch.manual_seed(0)  # without --weights: the same random model on every rank and every run
+            model = build_model(fused=args.fused, config=config.model, weights=args.weights, device=device)
+            return Segmenter(model, config)
+
+        reports = runner.run_jobs(jobs, make_segmenter, context, progress=not args.no_progress and context.is_main)
+        if context.is_main and reports is not None:
+            untrained = " (random weights: not results)" if args.weights is None else ""
+            print(f"summary{untrained}: " + runner.summarise(reports))
+    finally:
+        if context.initialised:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0

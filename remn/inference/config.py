@@ -1,0 +1,116 @@
+"""Inference settings: the `InferenceConfig` dataclass and its named presets.
+
+- `remn`: the full policy: adaptive memory update (a frame enters memory when the
+  predicted masks changed enough since the last memorised frame, or after `max_gap`
+  frames), the gated dynamic memory bank (bounded by `capacity`, frames whose gate score
+  falls below `gate_threshold` are dropped), local attention to the previous frame,
+  top-k 20; model preset "remn".
+- `stcn`: STCN's own inference: the annotated frame plus every 5th frame counted from it
+  (index % 5 == 0) in memory, top-k 20, no gate, no local attention, soft probabilities
+  of the aggregated prediction encoded into memory; the bank is unbounded like STCN's
+  unless `capacity` sets a hard cap; model preset "stcn".
+- `tiny`: the remn policy on the "tiny" model (tests, demo).
+
+The command line maps its flags onto these fields (`remn.inference.cli`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from remn.config import MEMORY_MODES, PRESETS as MODEL_PRESETS
+
+UPDATE_POLICIES = ("adaptive", "every")
+AMP_DTYPES = (None, "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    name: str = "remn"
+    model: str = "remn"  # model preset passed to remn.build_model
+    memory: str = "remn"  # memory manager: "remn" (the frame bank of remn.inference.memory); "rde" is reserved
+    update: str = "adaptive"  # "adaptive": by mask change / max gap; "every": every `mem_every` frames
+    mem_every: int = 5  # "every": frames whose distance to the first annotated frame is a multiple
+    change_threshold: float = 0.1  # "adaptive": memorise when max over objects of (1 − IoU) exceeds this
+    max_gap: int = 10  # "adaptive": memorise at the latest this many frames after the last memorised one
+    capacity: int | None = 20  # memory frames at most (None: unbounded, storage grows by doubling)
+    gate: bool = True  # keep gate scores per memory frame and drop by them (needs a model with a gate)
+    gate_threshold: float = 0.05  # drop a frame whose gate score EMA falls below this (0 disables)
+    gate_momentum: float = 0.9  # EMA: score ← momentum · score + (1 − momentum) · this frame's score
+    top_k: int | None = 20  # keys each query reads from (None: all)
+    local_attention: bool = True  # pass the previous frame and its probabilities to the model
+    size: int | None = 480  # shorter side the frames are resized to (None: keep the input size)
+    amp: str | None = None  # "bf16" / "fp16": torch.autocast on CUDA (ignored on CPU)
+
+    def __post_init__(self):
+        if self.model not in MODEL_PRESETS:
+            raise ValueError(f"InferenceConfig.model must be a model preset {sorted(MODEL_PRESETS)}, got {self.model!r}")
+        if self.memory not in MEMORY_MODES:
+            raise ValueError(f"InferenceConfig.memory must be one of {MEMORY_MODES}, got {self.memory!r}")
+        if self.update not in UPDATE_POLICIES:
+            raise ValueError(f"InferenceConfig.update must be one of {UPDATE_POLICIES}, got {self.update!r}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"InferenceConfig.amp must be one of {AMP_DTYPES}, got {self.amp!r}")
+        _check_int("mem_every", self.mem_every, 1)
+        _check_int("max_gap", self.max_gap, 1)
+        if self.capacity is not None:
+            _check_int("capacity", self.capacity, 2)
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k, 1)
+        if self.size is not None:
+            _check_int("size", self.size, 16)
+        if not 0.0 <= self.change_threshold <= 1.0:
+            raise ValueError(f"InferenceConfig.change_threshold must lie in [0, 1], got {self.change_threshold}")
+        if not 0.0 <= self.gate_threshold < 1.0:
+            raise ValueError(f"InferenceConfig.gate_threshold must lie in [0, 1), got {self.gate_threshold}")
+        if not 0.0 <= self.gate_momentum < 1.0:
+            raise ValueError(f"InferenceConfig.gate_momentum must lie in [0, 1), got {self.gate_momentum}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"InferenceConfig.{name} must be an int >= {minimum}, got {value!r}")
+
+
+PRESETS: dict[str, InferenceConfig] = {
+    "remn": InferenceConfig(name="remn"),
+    "stcn": InferenceConfig(
+        name="stcn",
+        model="stcn",
+        update="every",
+        mem_every=5,
+        capacity=None,
+        gate=False,
+        top_k=20,
+        local_attention=False,
+    ),
+    "tiny": InferenceConfig(name="tiny", model="tiny"),
+}
+
+
+def resolve_inference_config(config: str | InferenceConfig | dict = "remn", **overrides) -> InferenceConfig:
+    """A preset name, an InferenceConfig or a dict, with field overrides applied."""
+    if isinstance(config, InferenceConfig):
+        base = config
+    elif isinstance(config, dict):
+        known = {f.name for f in dataclasses.fields(InferenceConfig)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown InferenceConfig fields: {unknown}")
+        base = InferenceConfig(**config)
+    elif isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown inference preset {config!r}; presets: {sorted(PRESETS)}")
+        base = PRESETS[config]
+    else:
+        raise TypeError(f"config must be a preset name, an InferenceConfig or a dict, got {type(config).__name__}")
+    if overrides:
+        known = {f.name for f in dataclasses.fields(InferenceConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown InferenceConfig fields: {unknown}")
+        base = dataclasses.replace(base, **overrides)
+    return base

@@ -1,0 +1,341 @@
+"""The memory manager: what enters memory, what is read, and where memory is dropped.
+
+`MemoryManager` is the interface the per-frame core (`remn.inference.segmenter`) drives;
+`FrameBankMemory` (memory="remn") is the one implementation so far, and a second one
+(memory="rde", a recurrent dynamic embedding) registers in `MEMORY_MANAGERS`.
+
+FrameBankMemory's policy, all of it in this file:
+
+- What enters. After each frame the update policy decides (`observe`):
+  * annotated frames always enter; the frame that introduces an object group (the first
+    annotated frame included) is protected: it is never removed;
+  * update="every" (STCN): frames whose distance to the first annotated frame is a
+    multiple of `mem_every`;
+  * update="adaptive": frames whose predicted masks changed enough since the last
+    memorised frame, change = max over objects of (1 − IoU) > `change_threshold`
+    (hard masks at the working resolution; an object absent from both counts IoU 1), or
+    when `max_gap` frames have passed since the last memorised frame.
+  A chosen frame is encoded (`encode_value` with the soft probabilities of the aggregated
+  prediction, as STCN does) when the next frame arrives, so the last frame of a video is
+  never encoded for nothing.
+- What is read. Every object group reads the memory frames from its entry frame on (the
+  bank keeps frames in time order and the entry frame is protected, so that is a suffix of
+  the bank, read as a view); the groups' per-object probabilities are then soft-aggregated
+  together. The model adds the gate's log scores to each frame's logits.
+- Where memory is dropped (`_drop_below_threshold`, `_make_room`):
+  * each memory frame carries the EMA of its gate scores (sigmoid of
+    `SegmentOutput.gate_log_scores`, starting at its first score); after each read, frames
+    whose EMA is below `gate_threshold` are removed (gate=True and a model with a gate);
+  * when a frame must enter a full bank (`capacity` frames), the frame with the lowest
+    EMA is removed, or the oldest without gate scores;
+  * protected frames are never removed; a full bank of protected frames only is an error
+    (ValueError: raise the capacity).
+- Storage (`FrameBank`) is preallocated to `capacity` slots along the time axis, written
+  in place and compacted on removal: device memory does not grow with the video. With
+  capacity=None (STCN's unbounded bank) the slots double when full.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from remn.inference.config import InferenceConfig
+from remn.inference.objects import ObjectGroup
+from remn.model.masks import soft_aggregate
+from remn.model.network import FrameFeatures
+
+UNBOUNDED_INITIAL_SLOTS = 16
+
+
+@dataclass
+class MemoryStats:
+    frames: int = 0  # frames in memory now
+    peak_frames: int = 0  # most frames in memory at any time
+    memorised: int = 0  # frames written into memory
+    skipped: int = 0  # frames the update policy left out
+    gate_dropped: int = 0  # frames removed because their gate score EMA fell below the threshold
+    evicted: int = 0  # frames removed to make room in a full bank
+
+
+class MemoryManager(ABC):
+    """What the per-frame core needs from a memory.
+
+    Per frame the core calls `segment` (unless no object is tracked yet), then
+    `add_group` for objects first annotated on this frame, then `observe` once.
+    """
+
+    def __init__(self, model, config: InferenceConfig):
+        self.model = model
+        self.config = config
+        self.stats = MemoryStats()
+
+    @abstractmethod
+    def add_group(self, group: ObjectGroup) -> None:
+        """Objects enter at `group.entry_frame`; its `observe` call carries their masks."""
+
+    @abstractmethod
+    def segment(
+        self, features: FrameFeatures, previous: tuple[FrameFeatures, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """The query frame's aggregated probabilities [1, O+1, h, w] (background first) for
+        the O objects of the groups added so far; previous: (features, object probabilities
+        [1, O, h, w]) of the previous frame for the local attention branch, or None."""
+
+    @abstractmethod
+    def observe(self, frame_index: int, features: FrameFeatures, probs: torch.Tensor, *, annotated: bool) -> bool:
+        """The frame's final probabilities [1, O+1, h, w]; annotated: the frame had a mask.
+        Returns whether the frame goes into memory."""
+
+
+# ----------------------------------------------------------------------------- storage
+class FrameBank:
+    """Memory frames along a preallocated time axis, in time order.
+
+    keys: [1, Ck, S, h, w]; values: one buffer per object group [1, O_g, Cv, S, h, w]; S
+    slots, the first `len(self)` used. Per used slot: frame index, gate score EMA (None
+    until first read), protected flag.
+    """
+
+    def __init__(self, capacity: int | None):
+        self.capacity = capacity
+        self.keys: torch.Tensor | None = None
+        self.values: list[torch.Tensor | None] = []
+        self.frames: list[int] = []
+        self.scores: list[float | None] = []
+        self.protected: list[bool] = []
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def slots(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    @property
+    def full(self) -> bool:
+        return self.capacity is not None and len(self) >= self.capacity
+
+    def add_group(self) -> None:
+        self.values.append(None)  # allocated with the first frame that carries the group
+
+    def append(self, key: torch.Tensor, group_values: list[torch.Tensor], frame: int, protected: bool) -> None:
+        """key [1, Ck, h, w]; group_values[g] [1, O_g, Cv, h, w] → written into the next slot."""
+        if self.full:
+            raise RuntimeError("FrameBank.append on a full bank (make room first)")
+        if self.keys is None:
+            slots = self.capacity or UNBOUNDED_INITIAL_SLOTS
+            self.keys = key.new_zeros(key.shape[0], key.shape[1], slots, *key.shape[2:])  # [1, Ck, S, h, w]
+        elif len(self) == self.slots:  # unbounded: double the slots
+            self._grow(2 * self.slots)
+        for index, values in enumerate(group_values):
+            if self.values[index] is None:
+                self.values[index] = values.new_zeros(*values.shape[:3], self.slots, *values.shape[3:])  # [1, O_g, Cv, S, h, w]
+        slot = len(self)
+        self.keys[:, :, slot] = key
+        for buffer, values in zip(self.values, group_values):
+            buffer[:, :, :, slot] = values
+        self.frames.append(frame)
+        self.scores.append(None)
+        self.protected.append(protected)
+
+    def _grow(self, slots: int) -> None:
+        used = len(self)
+        keys = self.keys.new_zeros(*self.keys.shape[:2], slots, *self.keys.shape[3:])
+        keys[:, :, :used] = self.keys[:, :, :used]
+        self.keys = keys
+        for index, buffer in enumerate(self.values):
+            if buffer is not None:
+                grown = buffer.new_zeros(*buffer.shape[:3], slots, *buffer.shape[4:])
+                grown[:, :, :, :used] = buffer[:, :, :, :used]
+                self.values[index] = grown
+
+    def remove(self, slots: list[int]) -> None:
+        """Remove these used slots; the rest move down in place, keeping time order."""
+        if not slots:
+            return
+        if any(self.protected[s] for s in slots):
+            raise RuntimeError("a protected memory frame cannot be removed")
+        gone = set(slots)
+        keep = [s for s in range(len(self)) if s not in gone]
+        index = torch.tensor(keep, dtype=torch.long, device=self.keys.device)
+        self.keys[:, :, : len(keep)] = self.keys.index_select(2, index)  # gather into a temporary, then in place
+        for buffer in self.values:
+            if buffer is not None:
+                buffer[:, :, :, : len(keep)] = buffer.index_select(3, index)
+        self.frames = [self.frames[s] for s in keep]
+        self.scores = [self.scores[s] for s in keep]
+        self.protected = [self.protected[s] for s in keep]
+
+    def first_slot(self, frame: int) -> int:
+        """The first used slot holding `frame` or a later one."""
+        for slot, held in enumerate(self.frames):
+            if held >= frame:
+                return slot
+        return len(self)
+
+    def read(self, group: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of slots [start, len): keys [1, Ck, T, h, w], group values [1, O_g, Cv, T, h, w]."""
+        end = len(self)
+        return self.keys[:, :, start:end], self.values[group][:, :, :, start:end]
+
+
+# ----------------------------------------------------------------------------- policy
+def mask_change(labels: torch.Tensor, reference: torch.Tensor, num_objects: int) -> float:
+    """max over objects o = 1..O of 1 − IoU(labels == o, reference == o); labels, reference
+    [h, w] channel indices (0 background). IoU of two empty masks is 1."""
+    if num_objects == 0:
+        return 0.0
+    channels = torch.arange(1, num_objects + 1, device=labels.device)[:, None, None]  # [O, 1, 1]
+    now, before = labels[None] == channels, reference[None] == channels  # [O, h, w] each
+    intersection = (now & before).flatten(1).sum(1)  # [O]
+    union = (now | before).flatten(1).sum(1)  # [O]
+    iou = torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union, dtype=torch.float))
+    return float((1 - iou).max())
+
+
+@dataclass
+class _Pending:
+    features: FrameFeatures
+    object_probs: torch.Tensor  # [1, O, h, w]
+    frame: int
+    protected: bool
+
+
+class FrameBankMemory(MemoryManager):
+    """memory="remn": the gated dynamic frame bank with adaptive (or every-N) update."""
+
+    def __init__(self, model, config: InferenceConfig):
+        super().__init__(model, config)
+        self.bank = FrameBank(config.capacity)
+        self.groups: list[ObjectGroup] = []
+        self._pending: _Pending | None = None
+        self._entry_frames: set[int] = set()
+        self._first_frame: int | None = None
+        self._last_frame: int | None = None  # last frame chosen for memory
+        self._last_labels: torch.Tensor | None = None  # its channel labels [h, w]
+
+    # ------------------------------------------------------------------ groups
+    def add_group(self, group: ObjectGroup) -> None:
+        if group.index != len(self.groups):
+            raise ValueError(f"object groups must be added in order: expected {len(self.groups)}, got {group.index}")
+        self.groups.append(group)
+        self.bank.add_group()
+        self._entry_frames.add(group.entry_frame)
+        if self._first_frame is None:
+            self._first_frame = group.entry_frame
+
+    # ------------------------------------------------------------------ read
+    def segment(self, features, previous):
+        self._commit()
+        if not self.groups or len(self.bank) == 0:
+            raise RuntimeError("the memory is empty: the first annotated frame must be observed before a read")
+        outputs = []
+        for group in self.groups:
+            start = self.bank.first_slot(group.entry_frame)
+            keys, values = self.bank.read(group.index, start)  # [1, Ck, T, h, w], [1, O_g, Cv, T, h, w]
+            group_previous = None if previous is None else (previous[0], previous[1][:, group.channels])
+            outputs.append(
+                self.model.segment(features, keys, values, previous=group_previous, top_k=self.config.top_k)
+            )
+        self._update_gate(outputs[0].gate_log_scores)  # group 0 entered first: it reads every slot
+        if len(outputs) == 1:
+            return outputs[0].probs  # [1, O+1, h, w]
+        # Each group aggregated its own objects; recover their probabilities (sigmoid of the
+        # logits is the clamped probability) and aggregate all objects together.
+        object_probs = torch.cat([torch.sigmoid(out.logits[:, 1:]) for out in outputs], dim=1)  # [1, O, h, w]
+        return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, h, w]
+
+    # ------------------------------------------------------------------ write
+    def observe(self, frame_index, features, probs, *, annotated):
+        if self._first_frame is None:
+            raise RuntimeError("observe before any object group was added")
+        labels = None
+        if annotated:
+            chosen = True
+        elif self.config.update == "every":
+            chosen = (frame_index - self._first_frame) % self.config.mem_every == 0
+        else:
+            labels = probs[0].argmax(dim=0)  # [h, w] channel indices
+            gap = frame_index - self._last_frame
+            chosen = gap >= self.config.max_gap or (
+                mask_change(labels, self._last_labels, probs.shape[1] - 1) > self.config.change_threshold
+            )
+        if not chosen:
+            self.stats.skipped += 1
+            return False
+        if self.config.update == "adaptive":
+            self._last_labels = probs[0].argmax(dim=0) if labels is None else labels
+        self._last_frame = frame_index
+        self._pending = _Pending(features, probs[:, 1:], frame_index, frame_index in self._entry_frames)
+        return True
+
+    def _commit(self) -> None:
+        """Encode the frame chosen last time and put it into the bank."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        values = self.model.encode_value(pending.features, pending.object_probs)  # [1, O, Cv, h, w]
+        if self.bank.full:
+            self._make_room()
+        group_values = [values[:, group.channels] for group in self.groups]
+        self.bank.append(pending.features.key, group_values, pending.frame, pending.protected)
+        self.stats.memorised += 1
+        self._count()
+
+    # ------------------------------------------------------------------ dropping
+    def _gated(self) -> bool:
+        return self.config.gate and getattr(self.model, "gate", None) is not None
+
+    def _update_gate(self, gate_log_scores: torch.Tensor | None) -> None:
+        if gate_log_scores is None or not self._gated():
+            return
+        scores = gate_log_scores[0].float().exp().tolist()  # [T] in (0, 1]
+        momentum = self.config.gate_momentum
+        for slot, score in enumerate(scores):
+            old = self.bank.scores[slot]
+            self.bank.scores[slot] = score if old is None else momentum * old + (1 - momentum) * score
+        self._drop_below_threshold()
+
+    def _drop_below_threshold(self) -> None:
+        threshold = self.config.gate_threshold
+        doomed = [
+            slot for slot, (score, protected) in enumerate(zip(self.bank.scores, self.bank.protected))
+            if not protected and score is not None and score < threshold
+        ]
+        self.bank.remove(doomed)
+        self.stats.gate_dropped += len(doomed)
+        self._count()
+
+    def _make_room(self) -> None:
+        candidates = [slot for slot, protected in enumerate(self.bank.protected) if not protected]
+        if not candidates:
+            raise ValueError(
+                f"memory capacity {self.bank.capacity} is filled by protected frames (the first annotated "
+                f"frame and the entry frame of each object group, {len(self.groups)} groups): raise the capacity"
+            )
+        if self._gated():
+            victim = min(candidates, key=lambda s: (math.inf if self.bank.scores[s] is None else self.bank.scores[s], s))
+        else:
+            victim = candidates[0]  # the oldest
+        self.bank.remove([victim])
+        self.stats.evicted += 1
+
+    def _count(self) -> None:
+        self.stats.frames = len(self.bank)
+        self.stats.peak_frames = max(self.stats.peak_frames, self.stats.frames)
+
+
+MEMORY_MANAGERS: dict[str, type[MemoryManager]] = {"remn": FrameBankMemory}
+
+
+def make_memory_manager(model, config: InferenceConfig) -> MemoryManager:
+    """The memory manager `config.memory` names."""
+    if config.memory not in MEMORY_MANAGERS:
+        raise NotImplementedError(
+            f"memory={config.memory!r} has no manager yet (available: {sorted(MEMORY_MANAGERS)}); "
+            "implement a MemoryManager subclass and register it in MEMORY_MANAGERS"
+        )
+    return MEMORY_MANAGERS[config.memory](model, config)

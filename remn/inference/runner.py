@@ -1,0 +1,314 @@
+"""Running the Segmenter over one video or a dataset, on one device or sharded under torchrun.
+
+A `VideoJob` is everything one video needs: its frames, which frames carry annotations
+(and which ids each one introduces), where the results go. Jobs are planned and checked
+before the model is built (missing frames, unreadable or empty annotations, annotation
+sizes, output folders that already hold results), so bad input fails fast.
+
+Under `torchrun` (WORLD_SIZE > 1) rank r takes jobs r, r + world, ... on its own device
+(`cuda:LOCAL_RANK` with NCCL when CUDA is there, else the CPU with gloo); all ranks write
+into the same output folder (one sub-folder per video, so they never collide) and rank 0
+gathers the per-video reports and prints the summary.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from remn.data.davis import DavisDataset, merge_objects
+from remn.data.palette import VOID_ID, read_annotation
+from remn.data.youtube import YouTubeVOSDataset
+from remn.inference.segmenter import Segmenter, VideoReport
+from remn.inference.video import (
+    OVERLAY_FOLDER,
+    FolderFrames,
+    FrameSource,
+    check_output,
+    open_frames,
+    write_labels,
+    write_overlay,
+)
+
+
+@dataclass(frozen=True)
+class AnnotationSpec:
+    """An annotation file to give on one frame: its path, the ids it introduces (None: the
+    ids in it), and whether to merge all objects into id 1 (DAVIS 2016)."""
+
+    path: Path
+    ids: tuple[int, ...] | None = None
+    merge: bool = False
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(ids uint8 [H, W] with void and unlisted ids set to 0, palette or None)."""
+        try:
+            labels, palette = read_annotation(self.path)
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise ValueError(f"cannot read annotation {self.path}: {err}") from err
+        if self.merge:
+            labels = merge_objects(labels)
+        labels = np.where(labels == VOID_ID, 0, labels)  # void is "don't care", not an object
+        if self.ids is not None:
+            labels = np.where(np.isin(labels, self.ids), labels, 0)
+        return labels.astype(np.uint8), palette
+
+
+@dataclass
+class VideoJob:
+    name: str
+    source: FrameSource
+    annotations: dict[str, AnnotationSpec]  # frame name → annotation given on that frame
+    output: Path  # folder for NAME.png per frame
+    overlay_output: Path | None = None  # folder for overlay JPEGs, or None
+    first_frame_annotated: bool = True  # False (YouTube-VOS): frames before the first annotation get empty masks
+    palette: np.ndarray | None = field(default=None, repr=False)
+
+    def check(self, overwrite: bool) -> None:
+        """Everything that can be checked before segmenting: the first annotation exists,
+        is readable, non-empty and the frames' size; the output folder is free."""
+        if not self.annotations:
+            raise ValueError(f"{self.name}: no annotation to start from")
+        names = getattr(self.source, "names", None)
+        if names is not None:
+            unknown = sorted(set(self.annotations) - set(names))
+            if unknown:
+                raise ValueError(f"{self.name}: annotations {unknown[:5]} name no frame of the video")
+            first = next(n for n in names if n in self.annotations)
+            if self.first_frame_annotated and first != names[0]:
+                raise ValueError(f"{self.name}: the first frame {names[0]} has no annotation")
+        else:
+            first = min(self.annotations)
+        spec = self.annotations[first]
+        labels, self.palette = spec.load()
+        if labels.shape != tuple(self.source.size):
+            raise ValueError(
+                f"{self.name}: annotation {spec.path} is {labels.shape[0]}x{labels.shape[1]} but the frames are "
+                f"{self.source.size[0]}x{self.source.size[1]} (HxW)"
+            )
+        if not labels.any():
+            raise ValueError(f"{self.name}: annotation {spec.path} is empty (no object pixel)")
+        check_output(self.output, overwrite)
+
+
+# ----------------------------------------------------------------------------- planning
+def single_video_job(frames: str | os.PathLike, mask: str | os.PathLike, output: str | os.PathLike,
+                     overlay: bool = False) -> VideoJob:
+    """One video: a frame folder or a video file; `mask` the first frame's annotation PNG, or
+    a folder of annotation PNGs named like the frames, for objects that first appear on later
+    frames (from a later annotation only the ids not tracked yet are taken)."""
+    source = open_frames(frames)
+    mask = Path(mask)
+    output = Path(output)
+    if mask.is_dir():
+        annotations = {p.stem: AnnotationSpec(p) for p in sorted(mask.glob("*.png"))}
+        if not annotations:
+            raise FileNotFoundError(f"annotation folder {mask} holds no PNG")
+    elif mask.is_file():
+        first = source.names[0] if isinstance(source, FolderFrames) else "00000"
+        annotations = {first: AnnotationSpec(mask)}
+    else:
+        raise FileNotFoundError(f"annotation {mask} does not exist")
+    name = Path(frames).stem if Path(frames).is_file() else Path(frames).name
+    return VideoJob(name, source, annotations, output, output / OVERLAY_FOLDER if overlay else None)
+
+
+def _select(names: list[str], sequences: list[str] | None, what: str) -> list[str]:
+    if not sequences:
+        return names
+    unknown = [s for s in sequences if s not in names]
+    if unknown:
+        raise ValueError(f"{what} has no sequences {unknown}")
+    return [n for n in names if n in set(sequences)]
+
+
+def davis_jobs(root, split: str, year: int, output, sequences: list[str] | None = None,
+               overlay: bool = False) -> list[VideoJob]:
+    """DAVIS: OUTPUT/SEQ/FRAME.png per sequence (what the DAVIS evaluation reads); the
+    first frame's annotation gives the objects (2016: merged into one)."""
+    dataset = DavisDataset(root, split, year)
+    output = Path(output)
+    jobs = []
+    for name in _select(dataset.names, sequences, f"DAVIS {year} {split}"):
+        seq = dataset[name]
+        spec = AnnotationSpec(seq.annotation_paths[0], merge=seq.single_object)
+        jobs.append(VideoJob(name, FolderFrames(seq.frame_paths), {seq.frame_names[0]: spec}, output / name,
+                             output / OVERLAY_FOLDER / name if overlay else None))
+    return jobs
+
+
+def youtube_jobs(root, split: str, output, sequences: list[str] | None = None,
+                 overlay: bool = False) -> list[VideoJob]:
+    """YouTube-VOS: each object's masks come from the first frame meta.json lists for it;
+    every frame gets a PNG (empty before the first annotation), as the server expects."""
+    dataset = YouTubeVOSDataset(root, split)
+    output = Path(output)
+    jobs = []
+    for name in _select(dataset.names, sequences, f"YouTube-VOS {split}"):
+        seq = dataset[name]
+        annotations = {s.frame_name: AnnotationSpec(s.annotation_path, s.object_ids) for s in seq.starts}
+        jobs.append(VideoJob(name, FolderFrames(seq.frame_paths), annotations, output / name,
+                             output / OVERLAY_FOLDER / name if overlay else None, first_frame_annotated=False))
+    return jobs
+
+
+# ----------------------------------------------------------------------------- running
+def run_video(segmenter: Segmenter, job: VideoJob, progress: bool = True) -> VideoReport:
+    """Segment one planned (and checked) job; writes one PNG per frame; returns its report."""
+    segmenter.reset()
+    if job.palette is None:
+        job.check(overwrite=True)
+    job.output.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=job.source.count, desc=job.name, unit="frame", leave=False, disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        for name, frame in job.source:
+            spec = job.annotations.get(name)
+            mask = ids = None
+            if spec is not None:
+                mask, _ = spec.load()
+                ids = spec.ids
+                if mask.shape != frame.shape[:2]:
+                    raise ValueError(f"{job.name}: annotation {spec.path} is {mask.shape[0]}x{mask.shape[1]} but "
+                                     f"the frames are {frame.shape[0]}x{frame.shape[1]} (HxW)")
+                if ids is None and segmenter.objects.num_objects:
+                    # A later annotation introduces objects; the tracked ones keep their prediction
+                    # (a folder of ground truth for every frame must not leak into the results).
+                    mask = np.where(np.isin(mask, segmenter.objects.ids), 0, mask).astype(np.uint8)
+                    if not mask.any():
+                        mask = None
+            if segmenter.objects.num_objects == 0 and (mask is None or not mask.any()) and not job.first_frame_annotated:
+                labels = np.zeros(frame.shape[:2], dtype=np.uint8)  # no object has started yet
+            else:
+                try:
+                    result = segmenter.step(frame, mask, ids)
+                except ValueError as err:
+                    raise ValueError(f"{job.name}, frame {name}: {err}") from err
+                labels = result.labels.to("cpu", torch.uint8).numpy()  # ids are ≤ 254 (PNG annotations)
+            write_labels(job.output / f"{name}.png", labels, job.palette)
+            if job.overlay_output is not None:
+                write_overlay(job.overlay_output / f"{name}.jpg", frame, labels, job.palette)
+            bar.update(1)
+    finally:
+        bar.close()
+    return segmenter.report(job.name)
+
+
+def summarise(reports: list[VideoReport]) -> str:
+    frames = sum(r.frames for r in reports)
+    seconds = sum(r.seconds for r in reports)
+    fps = frames / seconds if seconds > 0 else float("nan")
+    peak = max((r.peak_memory_frames for r in reports), default=0)
+    return (f"{len(reports)} video{'s' if len(reports) != 1 else ''}, {frames} frames, {fps:.1f} FPS overall; memory peak {peak} frames; "
+            f"{sum(r.skipped for r in reports)} frames skipped by the update policy, "
+            f"{sum(r.gate_dropped for r in reports)} dropped by the gate, {sum(r.evicted for r in reports)} evicted")
+
+
+# ----------------------------------------------------------------------------- torchrun
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    initialised: bool = False  # this process called init_process_group (and must destroy it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> DistributedContext:
+    """Read torchrun's environment; with WORLD_SIZE > 1 join the process group.
+
+    device: None picks CUDA when available, else the CPU; under torchrun "cuda" becomes
+    cuda:LOCAL_RANK. The backend is NCCL on CUDA and gloo on the CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} was asked for but CUDA is not available")
+        if chosen.index is None:
+            chosen = torch.device("cuda", local_rank if world_size > 1 else 0)
+        torch.cuda.set_device(chosen)
+    context = DistributedContext(rank, world_size, local_rank, chosen)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+            context.initialised = True
+    return context
+
+
+def gather_reports(context: DistributedContext, reports: list[VideoReport]) -> list[VideoReport] | None:
+    """All ranks' reports on rank 0 (in job order), None on the others; single process: as is."""
+    if context.world_size == 1:
+        return reports
+    import torch.distributed as dist
+
+    gathered = [None] * context.world_size if context.is_main else None
+    dist.gather_object([asdict(r) for r in reports], gathered, dst=0)
+    if not context.is_main:
+        return None
+    # Rank r ran jobs r, r + world, ...: interleave back into job order.
+    per_rank = [[VideoReport(**r) for r in part] for part in gathered]
+    ordered = []
+    for index in range(max(len(p) for p in per_rank)):
+        ordered.extend(p[index] for p in per_rank if index < len(p))
+    return ordered
+
+
+def check_jobs(jobs: list[VideoJob], context: DistributedContext, overwrite: bool) -> None:
+    """Check this rank's jobs (a sequence's folder is only ever touched by its own rank);
+    under torchrun the ranks then share their verdicts, so either every rank starts or every
+    rank stops with the same error."""
+    error = None
+    try:
+        for job in jobs[context.rank::context.world_size]:
+            job.check(overwrite)
+    except (ValueError, OSError) as err:
+        error = str(err)
+    if context.world_size > 1:
+        import torch.distributed as dist
+
+        errors = [None] * context.world_size
+        dist.all_gather_object(errors, error)
+        error = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise ValueError(error)
+
+
+def run_jobs(
+    jobs: list[VideoJob],
+    make_segmenter: Callable[[torch.device], Segmenter],
+    context: DistributedContext,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[VideoReport] | None:
+    """Run this rank's share of `jobs` (rank r: r, r + world, ...; `check_jobs` first);
+    returns all reports on rank 0, None on the other ranks."""
+    mine = jobs[context.rank::context.world_size]
+    prefix = f"[rank {context.rank}] " if context.world_size > 1 else ""
+    reports = []
+    if mine:
+        segmenter = make_segmenter(context.device)
+        for job in mine:
+            report = run_video(segmenter, job, progress=progress)
+            log(prefix + report.summary())
+            reports.append(report)
+    return gather_reports(context, reports)

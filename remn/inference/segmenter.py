@@ -1,0 +1,228 @@
+"""The per-frame core: `Segmenter.step(frame, mask=None, object_ids=None)`.
+
+Per frame: resize to the working size (shorter side `config.size`), encode the key, read
+the memory for the objects tracked so far (the memory manager, with the previous frame and
+its probabilities for local attention), merge a given mask (it wins for the ids it
+annotates; the other objects keep their prediction outside it), let the memory manager
+decide whether the frame enters memory, and resize the probabilities back to the input
+size (bilinear) before the argmax. Everything runs under `torch.inference_mode()`, under
+`torch.autocast` when `config.amp` is set on CUDA; the same input gives the same output.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from remn.inference.config import InferenceConfig, resolve_inference_config
+from remn.inference.memory import make_memory_manager
+from remn.inference.objects import ObjectManager
+from remn.model.masks import probs_to_labels, soft_aggregate
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class FrameResult:
+    index: int  # frame index within the video (0-based, counting every step)
+    labels: torch.Tensor  # [H, W] int64 object ids at the input size (0 background)
+    probs: torch.Tensor  # [O+1, H, W] float32 at the input size, background first, channels in object_ids order
+    object_ids: tuple[int, ...]  # the ids of channels 1..O of probs
+    memorised: bool  # the memory manager chose this frame for memory
+
+
+@dataclass
+class VideoReport:
+    name: str
+    frames: int  # frames stepped through
+    memory_frames: int  # frames in memory at the end
+    peak_memory_frames: int  # most frames in memory at any time
+    memorised: int  # frames written into memory
+    skipped: int  # frames the update policy left out of memory
+    gate_dropped: int  # memory frames removed by the gate threshold
+    evicted: int  # memory frames removed to make room at capacity
+    seconds: float  # time spent in step()
+    objects: int = 0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {self.frames} frames, {self.objects} objects, {self.fps:.1f} FPS; memory "
+            f"{self.memory_frames} frames (peak {self.peak_memory_frames}), {self.memorised} memorised, "
+            f"{self.skipped} skipped by the update policy, {self.gate_dropped} dropped by the gate, "
+            f"{self.evicted} evicted at capacity"
+        )
+
+
+def working_size(height: int, width: int, shorter_side: int | None) -> tuple[int, int]:
+    """(h, w) with the shorter side scaled to `shorter_side` (None: unchanged)."""
+    if shorter_side is None or min(height, width) == shorter_side:
+        return height, width
+    scale = shorter_side / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def merge_annotation(predicted: torch.Tensor, masks: torch.Tensor, channels: list[int], num_objects: int) -> torch.Tensor:
+    """Predicted object probabilities [1, O_before, H, W] and annotation masks [1, A, H, W]
+    for channels `channels` (new objects take channels ≥ O_before) → aggregated
+    probabilities [1, O+1, H, W]. Annotated objects take their mask; the others keep their
+    prediction outside the annotated pixels."""
+    annotated = masks.sum(dim=1, keepdim=True).clamp(max=1)  # [1, 1, H, W]
+    object_probs = predicted.new_zeros(1, num_objects, *predicted.shape[-2:])  # [1, O, H, W]
+    object_probs[:, : predicted.shape[1]] = predicted * (1 - annotated)
+    object_probs[:, torch.tensor(channels, device=predicted.device)] = masks.to(object_probs.dtype)
+    return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, H, W]
+
+
+class Segmenter:
+    """Semi-supervised VOS on a stream of frames: one `step` per frame, in order.
+
+    model: a REMN (`remn.build_model`), in eval mode; config: an InferenceConfig or a
+    preset name. Start a new video with `reset()` (or a new Segmenter).
+    """
+
+    def __init__(self, model, config: InferenceConfig | str = "remn"):
+        self.model = model
+        self.config = resolve_inference_config(config)
+        self.device = next(model.parameters()).device
+        self.reset()
+
+    def reset(self) -> None:
+        self.objects = ObjectManager()
+        self.memory = make_memory_manager(self.model, self.config)
+        self.frame_index = -1
+        self.seconds = 0.0
+        self._input_size: tuple[int, int] | None = None
+        self._work_size: tuple[int, int] | None = None
+        self._previous = None  # (FrameFeatures, object probs [1, O, h, w]) of the last frame
+
+    # ------------------------------------------------------------------ inputs
+    def _frame_tensor(self, frame) -> torch.Tensor:
+        """uint8 [H, W, 3] (numpy or tensor) or float [3, H, W] in [0, 1] → float [1, 3, H, W] on the device."""
+        if isinstance(frame, np.ndarray):
+            frame = torch.from_numpy(np.ascontiguousarray(frame))
+        if not isinstance(frame, torch.Tensor):
+            raise TypeError(f"frame must be a numpy array or a torch.Tensor, got {type(frame).__name__}")
+        if frame.dtype == torch.uint8:
+            if frame.dim() != 3 or frame.shape[2] != 3:
+                raise ValueError(f"a uint8 frame must be [H, W, 3] RGB, got shape {tuple(frame.shape)}")
+            image = frame.to(self.device).permute(2, 0, 1).float().div_(255)  # [3, H, W]
+        elif frame.is_floating_point():
+            if frame.dim() != 3 or frame.shape[0] != 3:
+                raise ValueError(f"a float frame must be [3, H, W] RGB in [0, 1], got shape {tuple(frame.shape)}")
+            image = frame.to(self.device, torch.float32)
+        else:
+            raise TypeError(f"frame must be uint8 [H, W, 3] or float [3, H, W], got dtype {frame.dtype}")
+        return image[None]  # [1, 3, H, W]
+
+    def _mask_tensor(self, mask, size: tuple[int, int]) -> torch.Tensor:
+        """Label map [H, W] of integer ids → int64 [H, W] on the device."""
+        if isinstance(mask, np.ndarray):
+            mask = torch.from_numpy(np.ascontiguousarray(mask))
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a numpy array or a torch.Tensor, got {type(mask).__name__}")
+        if mask.is_floating_point() or mask.dtype == torch.bool or mask.dim() != 2:
+            raise ValueError(f"mask must be an integer label map [H, W] of object ids, got {mask.dtype} {tuple(mask.shape)}")
+        if tuple(mask.shape) != size:
+            raise ValueError(f"mask size {tuple(mask.shape)} differs from the frame size {size} (H, W)")
+        if mask.numel() and int(mask.min()) < 0:
+            raise ValueError("mask ids must be >= 0")
+        return mask.to(self.device, torch.long)
+
+    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == size:
+            return x
+        if x.numel() == 0:  # no channels (no object tracked yet)
+            return x.new_zeros(*x.shape[:-2], *size)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+    def _autocast(self):
+        if self.config.amp is None or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=AMP_DTYPES[self.config.amp])
+
+    # ------------------------------------------------------------------ step
+    def step(self, frame, mask=None, object_ids: Sequence[int] | None = None) -> FrameResult:
+        """Segment the next frame.
+
+        frame: uint8 [H, W, 3] RGB (numpy or tensor) or float [3, H, W] in [0, 1].
+        mask: label map [H, W] of ids (0 background) for this frame, or None. The first
+            step needs one; a later one adds new ids (objects entering the video) and
+            re-annotates tracked ids it holds; the other objects keep being propagated.
+        object_ids: the ids `mask` annotates (default: the ids present in it); an id in
+            the mask outside them raises ValueError.
+        Returns a FrameResult: labels [H, W] and probs [O+1, H, W] at the input size.
+        """
+        started = time.perf_counter()
+        with torch.inference_mode(), self._autocast():
+            result = self._step(frame, mask, object_ids)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - started
+        return result
+
+    def _step(self, frame, mask, object_ids) -> FrameResult:
+        image = self._frame_tensor(frame)  # [1, 3, H, W]
+        size = tuple(image.shape[-2:])
+        if self._input_size is not None and size != self._input_size:
+            raise ValueError(f"frame {self.frame_index + 1} is {size} (H, W) but the video's frames are {self._input_size}")
+        annotation = None
+        if mask is not None:
+            annotation = self.objects.parse(self._mask_tensor(mask, size), object_ids)
+        if self.objects.num_objects == 0:
+            if annotation is None:
+                raise ValueError("the first frame needs a mask: no object is tracked yet")
+            if not annotation.ids or annotation.masks.sum() == 0:
+                raise ValueError("the first annotation is empty: it holds no object pixel")
+        if self._input_size is None:
+            self._input_size, self._work_size = size, working_size(*size, self.config.size)
+        self.frame_index += 1
+        frame_index = self.frame_index
+
+        features = self.model.encode_key(self._resize(image, self._work_size))
+        if self.objects.num_objects:
+            probs = self.memory.segment(features, self._previous if self.config.local_attention else None)
+        else:
+            probs = image.new_ones(1, 1, *self._work_size)  # background only
+        annotated = annotation is not None and len(annotation.ids) > 0
+        if annotated:
+            if annotation.new_ids:
+                self.memory.add_group(self.objects.add_group(annotation.new_ids, frame_index))
+            channels = self.objects.channels(annotation.ids)
+            predicted = probs[:, 1:].float()  # [1, O_before, h, w]
+            masks = self._resize(annotation.masks[None], self._work_size)  # [1, A, h, w]
+            probs = merge_annotation(predicted, masks, channels, self.objects.num_objects)  # [1, O+1, h, w]
+            # At the input size the given mask is kept exactly (no resizing round trip).
+            full = merge_annotation(
+                self._resize(predicted, self._input_size), annotation.masks[None], channels, self.objects.num_objects
+            )[0]  # [O+1, H, W]
+        else:
+            full = self._resize(probs.float(), self._input_size)[0]  # [O+1, H, W]
+        memorised = self.memory.observe(frame_index, features, probs, annotated=annotated)
+        self._previous = (features, probs[:, 1:])
+        labels = probs_to_labels(full, self.objects.ids)  # [H, W]
+        return FrameResult(frame_index, labels, full, self.objects.ids, memorised)
+
+    # ------------------------------------------------------------------ report
+    def report(self, name: str = "") -> VideoReport:
+        stats = self.memory.stats
+        return VideoReport(
+            name=name,
+            frames=self.frame_index + 1,
+            memory_frames=stats.frames,
+            peak_memory_frames=stats.peak_frames,
+            memorised=stats.memorised,
+            skipped=stats.skipped,
+            gate_dropped=stats.gate_dropped,
+            evicted=stats.evicted,
+            seconds=self.seconds,
+            objects=self.objects.num_objects,
+        )
