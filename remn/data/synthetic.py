@@ -1,0 +1,291 @@
+"""Deterministic synthetic VOS clips and DAVIS-layout datasets for tests and smoke runs.
+
+A clip is textured shapes (ellipses and star-shaped polygons, each with its own noise
+texture that turns with it) moving over a textured, slowly panning background. It has:
+  - look-alike distractors: shapes with an annotated object's texture, labelled 0;
+  - occlusions: all shapes are layered in a random depth order;
+  - objects leaving and entering: about half the clips (by seed) send one object fully
+    out of the frame for the middle third of the clip and bring it back;
+  - any frame size (odd sizes included).
+Every annotated object is visible in the first frame. Same arguments → same clip.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from remn.data.palette import write_annotation, write_frame
+
+MIN_SIDE = 8
+
+
+@dataclass
+class _Layer:
+    """One shape: object id (0 for a distractor), geometry, texture and motion."""
+
+    label: int
+    kind: str  # "ellipse" or "polygon"
+    radius: float  # bounding radius, px
+    axes: tuple[float, float]  # ellipse semi-axes (u, v)
+    vertices: np.ndarray  # polygon vertices [K, 2] as (u, v), star-shaped around 0
+    texture: np.ndarray  # float [S, S, 3], S = 2 * ceil(radius) + 1
+    start: np.ndarray  # (y, x) at t = 0
+    velocity: np.ndarray  # (vy, vx) px/frame
+    angle: float
+    spin: float  # rad/frame
+    exit_point: np.ndarray | None = None  # where a leaving object goes, fully outside
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
+    """Bilinearly upsampled random grid: float [H, W, 3] in [-1, 1]."""
+    grid_h, grid_w = int(height / cell) + 2, int(width / cell) + 2
+    grid = rng.uniform(-1.0, 1.0, size=(grid_h, grid_w, 3))
+    y = np.arange(height) / cell
+    x = np.arange(width) / cell
+    y0, x0 = y.astype(int), x.astype(int)
+    fy, fx = (y - y0)[:, None, None], (x - x0)[None, :, None]
+    top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx  # [H, W, 3]
+    bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _texture(rng, height, width, base_colour, contrast, cell) -> np.ndarray:
+    """Noise texture around `base_colour`: float [H, W, 3] in [0, 255]."""
+    coarse = _smooth_noise(rng, height, width, cell) * contrast
+    fine = rng.uniform(-contrast / 3, contrast / 3, size=(height, width, 3))
+    return np.clip(np.asarray(base_colour)[None, None, :] + coarse + fine, 0, 255).astype(np.float32)
+
+
+def _inside(layer: _Layer, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Whether local coordinates (u, v) [...] fall inside the shape: bool [...]."""
+    if layer.kind == "ellipse":
+        a, b = layer.axes
+        return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    inside = np.zeros(u.shape, dtype=bool)  # even-odd rule over the polygon's edges
+    vu, vv = layer.vertices[:, 0], layer.vertices[:, 1]
+    for i in range(len(vu)):
+        u1, v1, u2, v2 = vu[i - 1], vv[i - 1], vu[i], vv[i]
+        crosses = (v1 > v) != (v2 > v)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at = u1 + (v - v1) * (u2 - u1) / (v2 - v1)
+        inside ^= crosses & (u < at)
+    return inside
+
+
+def _position(layer: _Layer, t: int, num_frames: int, height: int, width: int) -> np.ndarray:
+    """Centre (y, x) at frame t: bouncing inside the frame, or out-and-back for a leaver."""
+    if layer.exit_point is not None:
+        phase = 1.0 - abs(2.0 * t / max(num_frames - 1, 1) - 1.0)  # 0 → 1 → 0
+        reach = min(1.0, 1.5 * phase)  # fully outside during the middle third
+        return layer.start + (layer.exit_point - layer.start) * reach
+    position = layer.start + layer.velocity * t
+    for axis, size in enumerate((height, width)):  # reflect into [0, size - 1]
+        period = 2.0 * (size - 1)
+        folded = np.mod(position[axis], period)
+        position[axis] = folded if folded <= size - 1 else period - folded
+    return position
+
+
+def _render(layers, t, num_frames, background, height, width):
+    """Paint layers back to front: (frame float [H, W, 3], ids uint8 [H, W])."""
+    frame = background.copy()
+    ids = np.zeros((height, width), dtype=np.uint8)
+    for layer in layers:
+        cy, cx = _position(layer, t, num_frames, height, width)
+        angle = layer.angle + layer.spin * t
+        reach = int(np.ceil(layer.radius)) + 1
+        y0, y1 = max(0, int(cy) - reach), min(height, int(cy) + reach + 2)
+        x0, x1 = max(0, int(cx) - reach), min(width, int(cx) + reach + 2)
+        if y0 >= y1 or x0 >= x1:
+            continue  # entirely outside the frame
+        dy = np.arange(y0, y1)[:, None] - cy
+        dx = np.arange(x0, x1)[None, :] - cx
+        cos, sin = np.cos(angle), np.sin(angle)
+        u = cos * dx + sin * dy  # shape-local coordinates, [h, w]
+        v = -sin * dx + cos * dy
+        inside = _inside(layer, u, v)
+        half = (layer.texture.shape[0] - 1) // 2
+        tu = np.clip(np.rint(u).astype(int) + half, 0, 2 * half)
+        tv = np.clip(np.rint(v).astype(int) + half, 0, 2 * half)
+        window = frame[y0:y1, x0:x1]
+        window[inside] = layer.texture[tv, tu][inside]
+        ids[y0:y1, x0:x1][inside] = layer.label
+    return frame, ids
+
+
+def _area(layer: _Layer) -> int:
+    """Pixel count of the shape drawn whole (no clipping, no occlusion)."""
+    reach = int(np.ceil(layer.radius)) + 1
+    grid = np.arange(-reach, reach + 1, dtype=float)
+    cos, sin = np.cos(layer.angle), np.sin(layer.angle)
+    u = cos * grid[None, :] + sin * grid[:, None]
+    v = -sin * grid[None, :] + cos * grid[:, None]
+    return int(_inside(layer, u, v).sum())
+
+
+def _make_layer(rng, label, radius, texture, kind=None) -> _Layer:
+    kind = kind or ("ellipse" if rng.random() < 0.5 else "polygon")
+    axes = (radius, radius * rng.uniform(0.55, 1.0))
+    count = int(rng.integers(5, 9))
+    angles = (np.arange(count) + rng.uniform(-0.3, 0.3, count)) * (2 * np.pi / count)
+    radii = radius * rng.uniform(0.6, 1.0, count)
+    vertices = np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+    return _Layer(
+        label=label, kind=kind, radius=radius, axes=axes, vertices=vertices, texture=texture,
+        start=np.zeros(2), velocity=np.zeros(2), angle=float(rng.uniform(0, 2 * np.pi)), spin=0.0,
+    )
+
+
+def _check_args(num_frames, height, width, num_objects, distractors):
+    for name, value, low in (
+        ("num_frames", num_frames, 1), ("height", height, MIN_SIDE), ("width", width, MIN_SIDE),
+        ("num_objects", num_objects, 1), ("distractors", distractors, 0),
+    ):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if num_objects > 254:
+        raise ValueError(f"num_objects must be at most 254 (ids 1..254), got {num_objects}")
+
+
+def make_clip(
+    seed: int,
+    num_frames: int = 10,
+    height: int = 64,
+    width: int = 96,
+    num_objects: int = 2,
+    *,
+    distractors: int = 1,
+    static: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic clip: (frames uint8 [T, H, W, 3], masks uint8 [T, H, W]).
+
+    masks hold ids 0 (background and distractors) and 1..num_objects (visible parts).
+    static=True: nothing moves and there is no sensor noise, so all T frames are identical.
+    """
+    _check_args(num_frames, height, width, num_objects, distractors)
+    rng = np.random.default_rng(seed)
+    side = min(height, width)
+    pan = np.zeros(2) if static else rng.uniform(-0.6, 0.6, size=2)  # px/frame
+    margin = int(np.ceil(np.abs(pan).max() * num_frames)) + 1
+    background = _texture(
+        rng, height + 2 * margin, width + 2 * margin, rng.uniform(60, 190, size=3), 45, max(side / 4, 2)
+    )
+    hues = rng.permutation(num_objects) / num_objects
+    layers = []
+    scale = 1.0 / np.sqrt(max(1.0, num_objects / 3))
+    for label in range(1, num_objects + 1):
+        radius = max(3.0, side * rng.uniform(0.11, 0.2) * scale)
+        hue = hues[label - 1] * 2 * np.pi
+        colour = 128 + 100 * np.cos(hue + np.array([0.0, 2.1, 4.2]))
+        size = 2 * int(np.ceil(radius)) + 1
+        texture = _texture(rng, size, size, colour, 40, max(radius / 2, 1.5))
+        layers.append(_make_layer(rng, label, radius, texture))
+    for _ in range(distractors):  # same texture and kind as an object, similar size
+        twin = layers[int(rng.integers(num_objects))]
+        radius = twin.radius * rng.uniform(0.85, 1.1)
+        size = 2 * int(np.ceil(radius)) + 1
+        half, twin_half = size // 2, twin.texture.shape[0] // 2
+        index = np.clip(np.arange(size) - half + twin_half, 0, 2 * twin_half)
+        layers.append(_make_layer(rng, 0, radius, twin.texture[index][:, index], kind=twin.kind))
+    speed_limit = 0.0 if static else max(1.0, 0.06 * side)
+    leaver = None if static or num_frames < 4 or rng.random() < 0.5 else int(rng.integers(num_objects))
+    for layer in layers:
+        heading = rng.uniform(0, 2 * np.pi)
+        layer.velocity = rng.uniform(0.3, 1.0) * speed_limit * np.array([np.sin(heading), np.cos(heading)])
+        layer.spin = 0.0 if static else float(rng.uniform(-0.12, 0.12))
+
+    full_areas = np.array([_area(layer) for layer in layers[:num_objects]])
+    for _attempt in range(100):  # place shapes so every object shows in frame 0
+        depth = rng.permutation(len(layers))
+        for layer in layers:
+            layer.start = rng.uniform([0, 0], [height - 1, width - 1])
+        ordered = [layers[i] for i in depth]
+        _, ids0 = _render(ordered, 0, num_frames, background[:height, :width], height, width)
+        areas = np.bincount(ids0.ravel(), minlength=num_objects + 1)[1:]
+        if np.all(areas >= np.maximum(0.4 * full_areas, 4)):
+            break
+    else:
+        raise ValueError(
+            f"cannot place {num_objects} visible objects and {distractors} distractors in a "
+            f"{height}x{width} frame; use fewer objects or a larger frame"
+        )
+    if leaver is not None:
+        layer = layers[leaver]
+        gaps = [layer.start[0], height - 1 - layer.start[0], layer.start[1], width - 1 - layer.start[1]]
+        side_index = int(np.argmin(gaps))  # leave by the nearest side: 0 top, 1 bottom, 2 left, 3 right
+        out = layer.radius * 1.5 + 2
+        exit_point = layer.start.copy()
+        axis, far_side = side_index // 2, side_index % 2
+        exit_point[axis] = (height, width)[axis] - 1 + out if far_side else -out
+        layer.exit_point = exit_point
+
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    masks = np.empty((num_frames, height, width), dtype=np.uint8)
+    for t in range(num_frames):
+        oy, ox = np.rint(margin + pan * t).astype(int)
+        view = background[oy:oy + height, ox:ox + width]
+        frame, ids = _render(ordered, t, num_frames, view, height, width)
+        if not static:
+            frame += 2.0 * rng.standard_normal(size=frame.shape, dtype=np.float32)
+        np.clip(frame, 0, 255, out=frame)
+        frames[t] = np.rint(frame, out=frame)
+        masks[t] = ids
+    return frames, masks
+
+
+def sequence_seed(seed: int, index: int) -> int:
+    """The clip seed of sequence `index` in a dataset written with `seed`."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def write_davis_dataset(
+    root,
+    num_sequences: int = 4,
+    *,
+    seed: int = 0,
+    num_frames: int = 10,
+    height: int = 64,
+    width: int = 96,
+    num_objects: int = 2,
+    split: str = "val",
+    year: int = 2017,
+) -> list[str]:
+    """Write a complete DAVIS-layout tree of synthetic clips; returns the sequence names.
+
+    Writes JPEGImages/480p/SEQ/%05d.jpg (quality 95), Annotations/480p/SEQ/%05d.png
+    (DAVIS-palette PNGs for every frame) and ImageSets/{year}/{split}.txt. Refuses to
+    overwrite a split file that lists sequences it did not write.
+    """
+    if not isinstance(num_sequences, (int, np.integer)) or num_sequences < 1:
+        raise ValueError(f"num_sequences must be an integer >= 1, got {num_sequences!r}")
+    if int(year) not in (2016, 2017):
+        raise ValueError(f"year must be 2016 or 2017, got {year}")
+    root = Path(root)
+    names = [f"synthetic-{index:03d}" for index in range(num_sequences)]
+    split_file = root / "ImageSets" / str(int(year)) / f"{split}.txt"
+    if split_file.is_file():
+        foreign = [n for n in split_file.read_text().split() if not n.startswith("synthetic-")]
+        if foreign:
+            raise ValueError(
+                f"{split_file} lists sequences that are not synthetic ({', '.join(foreign[:3])}); "
+                "refusing to overwrite a real dataset's split file"
+            )
+    for index, name in enumerate(names):
+        frames, masks = make_clip(
+            sequence_seed(seed, index), num_frames, height, width, num_objects, distractors=1
+        )
+        frame_dir = root / "JPEGImages" / "480p" / name
+        mask_dir = root / "Annotations" / "480p" / name
+        for folder, suffix in ((frame_dir, ".jpg"), (mask_dir, ".png")):
+            if folder.is_dir():  # drop frames left by an earlier, longer clip
+                for stale in folder.glob(f"*{suffix}"):
+                    os.unlink(stale)
+        for t in range(num_frames):
+            write_frame(frame_dir / f"{t:05d}.jpg", frames[t], quality=95)
+            write_annotation(mask_dir / f"{t:05d}.png", masks[t])
+    split_file.parent.mkdir(parents=True, exist_ok=True)
+    split_file.write_text("".join(f"{name}\n" for name in names))
+    return names

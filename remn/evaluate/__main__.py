@@ -1,0 +1,5 @@
+import sys
+
+from remn.evaluate.cli import main
+
+sys.exit(main())
