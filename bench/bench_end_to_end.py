@@ -1,0 +1,97 @@
+"""End-to-end segmentation speed on a synthetic clip: FPS and where the time goes.
+
+Each setting runs twice: once untouched for FPS (the Segmenter's own step time), once
+with the model's stages wrapped in synchronised timers for the split into encoder,
+memory read, local attention and decoder. The model has random weights: the speed of a
+step does not depend on them, but the adaptive update's choices do, so the number of
+memory frames is reported beside each figure.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+import remn
+from common import synchronize
+from remn.data.synthetic import make_clip
+from remn.inference import Segmenter, resolve_inference_config
+
+
+def settings(device: torch.device, quick: bool):
+    """(config, (H, W), objects, amp, fused, adaptive)."""
+    if quick:
+        return [("tiny", (64, 96), o, None, True, adaptive) for o in (1, 2) for adaptive in (True, False)]
+    precisions = (None, "bf16") if device.type == "cuda" else (None,)
+    return [("remn", (480, 854), o, amp, fused, adaptive)
+            for o in (1, 2, 4) for amp in precisions for fused in (True, False) for adaptive in (True, False)]
+
+
+@contextmanager
+def stage_timers(model, device):
+    """Wrap the model's stages; yields a dict stage → milliseconds accumulated."""
+    totals = {"encode": 0.0, "read": 0.0, "local": 0.0, "decode": 0.0}
+    wrapped = {"encode_key": "encode", "encode_value": "encode", "read_memory": "read", "decode": "decode"}
+    originals = {}
+
+    def timed(fn, stage):
+        def run(*args, **kwargs):
+            synchronize(device)
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            synchronize(device)
+            totals[stage] += (time.perf_counter() - start) * 1e3
+            return out
+        return run
+
+    for name, stage in wrapped.items():
+        originals[name] = getattr(model, name)
+        setattr(model, name, timed(originals[name], stage))
+    if model.local_branch is not None:
+        originals["local"] = model.local_branch.forward
+        model.local_branch.forward = timed(originals["local"], "local")
+    try:
+        yield totals
+    finally:
+        for name in wrapped:
+            delattr(model, name)  # back to the class's method
+        if "local" in originals:
+            del model.local_branch.forward
+
+
+def segment_clip(segmenter, frames, first_mask):
+    segmenter.reset()
+    segmenter.step(frames[0], first_mask)
+    for frame in frames[1:]:
+        segmenter.step(frame)
+    return segmenter.report("bench")
+
+
+def run(device: torch.device, quick: bool) -> list[dict]:
+    num_frames = 6 if quick else 60
+    results = []
+    models = {}
+    for config, size, objects, amp, fused, adaptive in settings(device, quick):
+        frames, masks = make_clip(seed=3, num_frames=num_frames, height=size[0], width=size[1], num_objects=objects)
+        frames_on_device = [torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in frames]
+        key = (config, fused)
+        if key not in models:
+            torch.manual_seed(0)
+            models[key] = remn.build_model(fused=fused, config=config, device=device)
+        model = models[key]
+        policy = {} if adaptive else {"update": "every", "mem_every": 5}
+        inference = resolve_inference_config(config, size=None, amp=amp, **policy)
+        segmenter = Segmenter(model, inference)
+        segment_clip(segmenter, frames_on_device[:3], masks[0])  # warm-up (kernel compilation, autotuning)
+        report = segment_clip(segmenter, frames_on_device, masks[0])
+        with stage_timers(model, device) as totals:
+            segment_clip(segmenter, frames_on_device, masks[0])
+        results.append({
+            "config": config, "size": f"{size[1]}x{size[0]}", "objects": objects, "precision": amp or "fp32",
+            "fused": fused, "adaptive": adaptive, "frames": report.frames, "fps": report.fps,
+            "memory_frames": report.peak_memory_frames,
+            **{f"{stage}_ms": total / num_frames for stage, total in totals.items()},
+        })
+    return results

@@ -1,0 +1,110 @@
+"""Readable tables on stdout and a plot of the benchmark results."""
+from __future__ import annotations
+
+from pathlib import Path
+
+KERNEL_IMPLS = ("fused", "reference", "sdpa", "unfold")
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _kernel_rows(entries: list[dict], shape_keys: tuple[str, ...]):
+    headers = list(shape_keys) + ["GFLOP"]
+    for impl in KERNEL_IMPLS:
+        headers += [f"{impl} ms"]
+    headers += ["fused TFLOP/s", "fused GB/s", "% peak", "x ref", "x other", "max |diff|"]
+    rows = []
+    for entry in entries:
+        row = [entry.get(k) for k in shape_keys] + [entry["gflop"]]
+        row += [entry.get(impl, {}).get("ms", entry.get(impl, {}).get("error")) for impl in KERNEL_IMPLS]
+        fused = entry.get("fused", {})
+        other = fused.get("x_sdpa", fused.get("x_unfold"))
+        row += [fused.get("tflops"), fused.get("gbs"), fused.get("pct_peak_flops"), fused.get("x_reference"), other,
+                fused.get("max_abs_diff")]
+        rows.append(row)
+    return headers, rows
+
+
+def print_tables(results: dict) -> None:
+    env = results["environment"]
+    print(f"remn benchmark on {env['device']} — torch {env['torch']}, triton {env['triton']}, "
+          f"commit {str(env['git_commit'])[:10]}, {env['date']}")
+    if results.get("memory_read"):
+        print("\n== memory read ==")
+        print(format_table(*_kernel_rows(results["memory_read"], ("case", "T", "O", "top_k", "dtype"))))
+    if results.get("local_attention"):
+        print("\n== local attention ==")
+        print(format_table(*_kernel_rows(results["local_attention"], ("case", "O", "radius", "dtype"))))
+    if results.get("end_to_end"):
+        print("\n== end to end ==")
+        headers = ["config", "size", "objects", "precision", "fused", "adaptive", "FPS", "encode ms", "read ms",
+                   "local ms", "decode ms", "memory frames"]
+        rows = [[e.get(h.replace(" ", "_")) for h in ("config", "size", "objects", "precision", "fused", "adaptive")]
+                + [e.get("fps"), e.get("encode_ms"), e.get("read_ms"), e.get("local_ms"), e.get("decode_ms"),
+                   e.get("memory_frames")] for e in results["end_to_end"]]
+        print(format_table(headers, rows))
+    if results.get("memory_growth"):
+        print("\n== memory vs video length ==")
+        headers = ["policy", "frames", "memory frames", "peak alloc MB", "NVML used MB", "host RSS MB", "FPS"]
+        rows = [[e["policy"], e["frames"], e["memory_frames"], _mb(e.get("peak_allocated")), _mb(e.get("nvml_used")),
+                 _mb(e.get("host_rss")), e.get("fps")] for e in results["memory_growth"]]
+        print(format_table(headers, rows))
+    if results.get("evaluate"):
+        print("\n== evaluation speed ==")
+        entry = results["evaluate"]
+        print(format_table(list(entry), [list(entry.values())]))
+
+
+def _mb(value):
+    return None if value is None else value / 2**20
+
+
+def write_plot(results: dict, path: Path) -> Path | None:
+    """FPS vs objects and memory vs video length; None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, (fps_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for entry in results.get("end_to_end") or []:
+        label = f"{'fused' if entry['fused'] else 'reference'} {entry['precision']}" + ("" if entry["adaptive"] else " every-frame")
+        series.setdefault(label, []).append((entry["objects"], entry["fps"]))
+    for label, points in sorted(series.items()):
+        points.sort()
+        fps_axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    fps_axis.set(xlabel="objects", ylabel="frames per second", title="End-to-end speed")
+    if series:
+        fps_axis.legend(fontsize=8)
+    growth: dict[str, list[tuple[int, float]]] = {}
+    for entry in results.get("memory_growth") or []:
+        figure_value = entry.get("peak_allocated") or entry.get("host_rss")
+        growth.setdefault(entry["policy"], []).append((entry["frames"], figure_value / 2**20))
+    for label, points in sorted(growth.items()):
+        memory_axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    memory_axis.set(xlabel="video length (frames)", ylabel="peak memory (MB)", xscale="log",
+                    title="Memory vs video length")
+    if growth:
+        memory_axis.legend(fontsize=8)
+    figure.suptitle(results["environment"]["device"], fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,85 @@
+"""remn's benchmark: throughput and memory profiling, every figure a ratio measured in the same run.
+
+    python bench/run.py            # the full run (meant for a GPU)
+    python bench/run.py --quick    # reference path, tiny sizes: under a minute on a 2-core CPU
+
+Sections: kernel microbenchmarks (memory read, local attention), end-to-end segmentation
+speed, memory vs video length, evaluation speed. Prints tables, writes a JSON with every
+figure (device, versions, git commit, date) and a plot under bench/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_end_to_end  # noqa: E402
+import bench_evaluate  # noqa: E402
+import bench_local_attention  # noqa: E402
+import bench_memory_growth  # noqa: E402
+import bench_memory_read  # noqa: E402
+from common import REPO, environment  # noqa: E402
+from report import print_tables, write_plot  # noqa: E402
+
+SECTIONS = ("memory_read", "local_attention", "end_to_end", "memory_growth", "evaluate")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, reference path: a CI-sized smoke run")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="kernel dtype (default bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per CPU measurement")
+    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results",
+                        help="folder for the JSON and the plot")
+    parser.add_argument("--tag", default=None, help="name for the result files (default: device and date)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    repeats = args.repeats or (3 if args.quick else 10)
+    started = time.perf_counter()
+    results = {"environment": environment(device), "quick": args.quick, "dtype": str(dtype).removeprefix("torch.")}
+    runners = {
+        "memory_read": lambda: bench_memory_read.run(device, dtype, args.quick, repeats),
+        "local_attention": lambda: bench_local_attention.run(device, dtype, args.quick, repeats),
+        "end_to_end": lambda: bench_end_to_end.run(device, args.quick),
+        "memory_growth": lambda: bench_memory_growth.run(device, args.quick),
+        "evaluate": lambda: bench_evaluate.run(args.quick),
+    }
+    for section in args.sections:
+        print(f"[bench] {section} …", file=sys.stderr, flush=True)
+        results[section] = runners[section]()
+    results["wall_seconds"] = time.perf_counter() - started
+
+    print_tables(results)
+    args.output.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or "{}-{}{}".format(
+        "cuda" if device.type == "cuda" else "cpu",
+        results["environment"]["date"][:10],
+        "-quick" if args.quick else "",
+    )
+    json_path = args.output / f"{tag}.json"
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    plot_path = write_plot(results, args.output / f"{tag}.png")
+    print(f"results: {json_path}" + (f", plot: {plot_path}" if plot_path else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""`python bench/run.py --quick` runs end to end and reports every section with its environment."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+
+
+def test_quick_benchmark_writes_results(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH), "--quick", "--output", str(tmp_path), "--tag", "quick"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "quick.json").read_text())
+    assert {"device", "torch", "triton", "git_commit", "date"} <= set(results["environment"])
+    assert all(row["reference"]["ms"] > 0 and row["sdpa"]["ms"] > 0 for row in results["memory_read"] if row["top_k"] is None)
+    assert all(row["unfold"]["ms"] > 0 for row in results["local_attention"])
+    assert {row["objects"] for row in results["end_to_end"]} == {1, 2}
+    assert all(row["fps"] > 0 for row in results["end_to_end"])
+    bank = [row for row in results["memory_growth"] if row["policy"] == "remn dynamic bank"]
+    assert max(row["memory_frames"] for row in bank) <= 20  # the preset's capacity
+    assert results["evaluate"]["speedup"] > 0
+    assert "== memory read ==" in done.stdout and "== end to end ==" in done.stdout
