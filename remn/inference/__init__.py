@@ -3,6 +3,7 @@
 from remn.inference.config import PRESETS, InferenceConfig, resolve_inference_config
 from remn.inference.memory import FrameBankMemory, MemoryManager, MemoryStats, make_memory_manager
 from remn.inference.objects import ObjectGroup, ObjectManager
+from remn.inference.rde_memory import RDEMemory
 from remn.inference.segmenter import FrameResult, Segmenter, VideoReport
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "resolve_inference_config",
     "MemoryManager",
     "FrameBankMemory",
+    "RDEMemory",
     "MemoryStats",
     "make_memory_manager",
     "ObjectGroup",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from remn.config import MEMORY_MODES, PRESETS as MODEL_PRESETS
 from remn.inference.config import PRESETS, resolve_inference_config
 
 EXIT_BAD_INPUT = 2
@@ -40,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     outputs.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--config", default="remn", choices=sorted(PRESETS), help="inference preset and model config")
+    model.add_argument("--config", choices=sorted(PRESETS),
+                       help="inference preset and model config (default: remn; rde with --memory rde)")
     model.add_argument("--weights", help="trained weights (a remn checkpoint or STCN's stcn.pth)")
     model.add_argument("--fused", dest="fused", action="store_true", default=True,
                        help="Triton kernels for the memory read and local attention on CUDA (default)")
@@ -50,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--size", type=int, help="shorter side frames are resized to (default 480; 0 keeps the input size)")
 
     memory = parser.add_argument_group("memory (defaults from the preset)")
+    memory.add_argument("--memory", choices=MEMORY_MODES,
+                        help="remn: the gated frame bank; rde: RDE-VOS's recurrent embedding in three fixed slots "
+                             "(needs an rde model; without --config it picks the rde preset)")
     memory.add_argument("--mem-every", type=int, help="memorise every N-th frame (switches to the fixed schedule)")
     memory.add_argument("--change-threshold", type=float, help="adaptive update: memorise when 1 − IoU exceeds this")
     memory.add_argument("--max-gap", type=int, help="adaptive update: memorise at least every N frames")
@@ -74,7 +79,21 @@ def config_from_args(args):
         overrides["capacity"] = None if args.capacity == 0 else args.capacity
     if args.top_k is not None:
         overrides["top_k"] = None if args.top_k == 0 else args.top_k
-    return resolve_inference_config(args.config, **overrides)
+    preset = args.config or ("rde" if args.memory == "rde" else "remn")
+    if args.memory is not None and args.memory != PRESETS[preset].memory:
+        model = PRESETS[preset].model
+        if args.memory == "rde" and MODEL_PRESETS[model].memory != "rde":
+            raise ValueError(
+                f"--memory rde needs a model with RDE's memory compressor (mem_compress), but --config {preset} "
+                f"builds the {model!r} model without one; use --config rde, or leave --config out"
+            )
+        overrides["memory"] = args.memory
+    if (args.memory or PRESETS[preset].memory) == "rde":
+        given = [f"--{flag.replace('_', '-')}" for flag in ("change_threshold", "max_gap", "capacity", "gate_threshold")
+                 if getattr(args, flag) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: not used by --memory rde (three fixed slots, nothing dropped)")
+    return resolve_inference_config(preset, **overrides)
 
 
 def _plan(args):

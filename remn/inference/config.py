@@ -9,6 +9,11 @@
   (index % 5 == 0) in memory, top-k 20, no gate, no local attention, soft probabilities
   of the aggregated prediction encoded into memory; the bank is unbounded like STCN's
   unless `capacity` sets a hard cap; model preset "stcn".
+- `rde`: RDE-VOS's "two frames + compress" inference (`remn.inference.rde_memory`): per
+  object group the annotated frame, the recurrent embedding and the last memorised frame
+  in three fixed slots, a frame memorised every 3 frames, top-k 40, no gate, no local
+  attention; model preset "rde". Fields of the frame bank (capacity, gate, adaptive
+  update) must be left off: a config that sets them raises ValueError.
 - `tiny`: the remn policy on the "tiny" model (tests, demo).
 
 The command line maps its flags onto these fields (`remn.inference.cli`).
@@ -28,9 +33,9 @@ AMP_DTYPES = (None, "bf16", "fp16")
 class InferenceConfig:
     name: str = "remn"
     model: str = "remn"  # model preset passed to remn.build_model
-    memory: str = "remn"  # memory manager: "remn" (the frame bank of remn.inference.memory); "rde" is reserved
+    memory: str = "remn"  # memory manager: "remn" (frame bank, inference.memory) or "rde" (inference.rde_memory)
     update: str = "adaptive"  # "adaptive": by mask change / max gap; "every": every `mem_every` frames
-    mem_every: int = 5  # "every": frames whose distance to the first annotated frame is a multiple
+    mem_every: int = 5  # "every": frames whose distance to the first annotated frame is a multiple (rde: since the last memorised frame)
     change_threshold: float = 0.1  # "adaptive": memorise when max over objects of (1 − IoU) exceeds this
     max_gap: int = 10  # "adaptive": memorise at the latest this many frames after the last memorised one
     capacity: int | None = 20  # memory frames at most (None: unbounded, storage grows by doubling)
@@ -51,6 +56,8 @@ class InferenceConfig:
             raise ValueError(f"InferenceConfig.update must be one of {UPDATE_POLICIES}, got {self.update!r}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"InferenceConfig.amp must be one of {AMP_DTYPES}, got {self.amp!r}")
+        if self.memory == "rde":
+            _check_rde(self)
         _check_int("mem_every", self.mem_every, 1)
         _check_int("max_gap", self.max_gap, 1)
         if self.capacity is not None:
@@ -70,6 +77,29 @@ class InferenceConfig:
         return dataclasses.asdict(self)
 
 
+def _check_rde(config: InferenceConfig) -> None:
+    """memory="rde" keeps three fixed slots per object group and drops nothing: it needs a
+    model with RDE's compressor, the fixed schedule, and none of the frame bank's bounds."""
+    model_memory = MODEL_PRESETS[config.model].memory
+    if model_memory != "rde":
+        raise ValueError(
+            f"InferenceConfig.memory='rde' needs a model with RDE's memory compressor (mem_compress): model "
+            f"preset {config.model!r} has memory={model_memory!r}; use model='rde'"
+        )
+    if config.update != "every":
+        raise ValueError(
+            f"InferenceConfig.memory='rde' memorises every `mem_every` frames: update must be 'every', "
+            f"not {config.update!r}"
+        )
+    if config.capacity is not None:
+        raise ValueError(
+            f"InferenceConfig.capacity does not apply to memory='rde' (three fixed slots): set None, "
+            f"not {config.capacity}"
+        )
+    if config.gate:
+        raise ValueError("InferenceConfig.gate does not apply to memory='rde' (it drops no frame): set gate=False")
+
+
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"InferenceConfig.{name} must be an int >= {minimum}, got {value!r}")
@@ -85,6 +115,17 @@ PRESETS: dict[str, InferenceConfig] = {
         capacity=None,
         gate=False,
         top_k=20,
+        local_attention=False,
+    ),
+    "rde": InferenceConfig(
+        name="rde",
+        model="rde",
+        memory="rde",
+        update="every",
+        mem_every=3,
+        capacity=None,
+        gate=False,
+        top_k=40,
         local_attention=False,
     ),
     "tiny": InferenceConfig(name="tiny", model="tiny"),

@@ -1,8 +1,8 @@
 """The memory manager: what enters memory, what is read, and where memory is dropped.
 
 `MemoryManager` is the interface the per-frame core (`remn.inference.segmenter`) drives;
-`FrameBankMemory` (memory="remn") is the one implementation so far, and a second one
-(memory="rde", a recurrent dynamic embedding) registers in `MEMORY_MANAGERS`.
+`FrameBankMemory` (memory="remn") is defined here; `RDEMemory` (memory="rde", RDE-VOS's
+recurrent dynamic embedding, `remn.inference.rde_memory`) is the other one in `MEMORY_MANAGERS`.
 
 FrameBankMemory's policy, all of it in this file:
 
@@ -328,7 +328,10 @@ class FrameBankMemory(MemoryManager):
         self.stats.peak_frames = max(self.stats.peak_frames, self.stats.frames)
 
 
-MEMORY_MANAGERS: dict[str, type[MemoryManager]] = {"remn": FrameBankMemory}
+# Imported here, below the interface it subclasses, so that importing either module first works.
+from remn.inference.rde_memory import RDEMemory  # noqa: E402
+
+MEMORY_MANAGERS: dict[str, type[MemoryManager]] = {"remn": FrameBankMemory, "rde": RDEMemory}
 
 
 def make_memory_manager(model, config: InferenceConfig) -> MemoryManager:

@@ -1,0 +1,200 @@
+"""memory="rde": RDE-VOS's recurrent dynamic embedding as a memory manager.
+
+RDE-VOS (Li et al., CVPR 2022) keeps one recurrently updated memory "embedding" instead of
+a growing bank, so memory and time per frame are constant in the video's length. Its
+inference mode "two frames + compress" reads from three memory frames:
+
+    [annotated frame, embedding, last memorised frame]
+
+Policy, all of it in this file (the order of operations follows the published inference
+code, `inference_memory_bank.MemoryBank.add_memory` in compress mode with `use_gt` and
+`use_last`):
+
+- What enters. Annotated frames always; otherwise a frame whose distance to the last
+  memorised frame reaches `mem_every` (RDE's YouTube-VOS loop; with one annotation on the
+  first frame this is RDE's DAVIS rule `t % mem_every == 0` counted from that frame). As
+  in FrameBankMemory, a chosen frame is encoded (`encode_value` with the soft
+  probabilities of the aggregated prediction) when the next frame arrives, so the last
+  frame of a video is never encoded for nothing.
+- How a memorised frame F (key k_F, values v_F) is written, per object group:
+    1. the group's first frame (its entry frame, the annotation that introduced it):
+       annotated ← F, embedding ← F (the embedding starts from the annotated frame), and
+       no last frame yet;
+    2. every later memorised frame, in this order:
+         embedding ← mem_compress(embedding, F)   (update_key, update_value: SAM, then
+                                                   the (2, 3, 3) squeeze)
+         last      ← F
+       i.e. the embedding absorbs the *new* memorised frame at once, and the same frame is
+       also kept verbatim as the last frame until the next memorised frame replaces it.
+       (This is the published order; it is not "absorb the previous last frame when the
+       next one arrives".)
+- What is read. Each group reads its own used slots: [annotated] until its first
+  memorised frame after the entry (the embedding is then a copy of the annotated frame,
+  so reading it again adds nothing), [annotated, embedding, last] from then on; top-k as
+  configured (RDE: 40). The groups' per-object probabilities are soft-aggregated together,
+  as in FrameBankMemory.
+- Nothing is dropped: the three slots are overwritten in place.
+
+Object groups (objects first annotated on the same frame, `remn.inference.objects`) each
+own three slots: keys [1, Ck, 3, h, w] and values [1, O_g, Cv, 3, h, w], allocated when the
+group's entry frame is written and never resized. This is RDE's own scheme for objects that
+appear mid-video (its YouTube-VOS loop keeps one memory per object, started from the frame
+that annotates it; a later annotation enters the older objects' memories as an ordinary
+memorised frame, compressed into their embeddings). Per group instead of per object is the
+same computation: the objects of a group share every key, the key embedding does not depend
+on the masks, and `update_value` compresses each object on its own. A single shared key
+embedding would not be correct: a group entering at frame e must read an embedding whose
+keys start at e, with values that match them position by position.
+
+Two differences from the published code, both deliberate:
+- The published read concatenates [embedding, last, annotated, annotated] (the annotated
+  frame twice, doubling its weight in the softmax and taking two top-k places per key),
+  and [embedding, annotated] = [annotated, annotated] before the first memorised frame.
+  Here each frame is read once: [annotated, embedding, last], and [annotated] at first.
+- "Every mem_every frames" counts from the last memorised frame, as the published
+  YouTube-VOS loop does; the published DAVIS loop counts absolute frame indices, which
+  agrees whenever the first annotation is on frame 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from remn.inference.config import InferenceConfig
+from remn.inference.memory import MemoryManager
+from remn.inference.objects import ObjectGroup
+from remn.model.masks import soft_aggregate
+from remn.model.network import FrameFeatures
+
+SLOTS = 3  # annotated, embedding, last
+ANNOTATED, EMBEDDING, LAST = range(SLOTS)
+
+
+@dataclass
+class _Pending:
+    features: FrameFeatures
+    object_probs: torch.Tensor  # [1, O, h, w]
+    frame: int
+
+
+@dataclass
+class RDESlots:
+    """One object group's memory: three preallocated slots, overwritten in place.
+
+    keys [1, Ck, 3, h, w], values [1, O_g, Cv, 3, h, w] along (annotated, embedding, last);
+    `used` of them are read (1 until the first memorised frame after the entry, then 3).
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    entry_frame: int  # the frame in the annotated slot
+    used: int = 1
+    last_frame: int | None = None  # the frame in the last slot
+    absorbed: int = 0  # frames compressed into the embedding since the entry
+
+    def read(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of the used slots: keys [1, Ck, T, h, w], values [1, O_g, Cv, T, h, w]."""
+        return self.keys[:, :, : self.used], self.values[:, :, :, : self.used]
+
+
+class RDEMemory(MemoryManager):
+    """memory="rde": per object group, [annotated, embedding, last] in three fixed slots;
+    a memorised frame is compressed into the embedding and becomes the last frame.
+
+    model: a REMN built with memory="rde" (it has `mem_compress`); config: an
+    InferenceConfig with memory="rde" (update "every", `mem_every`, `top_k`).
+    """
+
+    def __init__(self, model, config: InferenceConfig):
+        if getattr(model, "mem_compress", None) is None:
+            built = getattr(getattr(model, "config", None), "memory", "unknown")
+            raise ValueError(
+                "memory='rde' needs a model with RDE's memory compressor (mem_compress): build it with "
+                f"config='rde' or memory='rde'; this model was built with memory={built!r}"
+            )
+        super().__init__(model, config)
+        self.groups: list[ObjectGroup] = []
+        self.slots: list[RDESlots | None] = []  # per group, allocated when its entry frame is written
+        self._pending: _Pending | None = None
+        self._last_frame: int | None = None  # last frame chosen for memory
+
+    # ------------------------------------------------------------------ groups
+    def add_group(self, group: ObjectGroup) -> None:
+        if group.index != len(self.groups):
+            raise ValueError(f"object groups must be added in order: expected {len(self.groups)}, got {group.index}")
+        self.groups.append(group)
+        self.slots.append(None)
+
+    # ------------------------------------------------------------------ read
+    def segment(self, features, previous):
+        self._commit()
+        if not self.groups or self.slots[0] is None:
+            raise RuntimeError("the memory is empty: the first annotated frame must be observed before a read")
+        outputs = []
+        for group, slots in zip(self.groups, self.slots):
+            keys, values = slots.read()  # [1, Ck, T, h, w], [1, O_g, Cv, T, h, w], T ≤ 3
+            group_previous = None if previous is None else (previous[0], previous[1][:, group.channels])
+            outputs.append(
+                self.model.segment(features, keys, values, previous=group_previous, top_k=self.config.top_k)
+            )
+        if len(outputs) == 1:
+            return outputs[0].probs  # [1, O+1, h, w]
+        # As in FrameBankMemory: recover each group's object probabilities (sigmoid of the
+        # logits) and aggregate all objects together.
+        object_probs = torch.cat([torch.sigmoid(out.logits[:, 1:]) for out in outputs], dim=1)  # [1, O, h, w]
+        return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, h, w]
+
+    # ------------------------------------------------------------------ write
+    def observe(self, frame_index, features, probs, *, annotated):
+        if not self.groups:
+            raise RuntimeError("observe before any object group was added")
+        chosen = annotated or frame_index - self._last_frame >= self.config.mem_every
+        if not chosen:
+            self.stats.skipped += 1
+            return False
+        self._last_frame = frame_index
+        self._pending = _Pending(features, probs[:, 1:], frame_index)
+        return True
+
+    def _commit(self) -> None:
+        """Encode the frame chosen last time and write it into every group's slots."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        key = pending.features.key  # [1, Ck, h, w]
+        values = self.model.encode_value(pending.features, pending.object_probs)  # [1, O, Cv, h, w]
+        compress = self.model.mem_compress
+        for index, group in enumerate(self.groups):
+            group_values = values[:, group.channels]  # [1, O_g, Cv, h, w]
+            slots = self.slots[index]
+            if slots is None:  # the group's entry frame: annotated ← F, embedding ← F
+                if group.entry_frame != pending.frame:
+                    raise RuntimeError(f"object group {index} was never written on its entry frame {group.entry_frame}")
+                self.slots[index] = self._allocate(key, group_values, pending.frame)
+                continue
+            # embedding ← mem_compress(embedding, F), then last ← F (the published order)
+            embedding_key = compress.update_key(slots.keys[:, :, EMBEDDING], key)  # [1, Ck, h, w]
+            embedding_values = compress.update_value(
+                slots.values[:, :, :, EMBEDDING], group_values
+            )  # [1, O_g, Cv, h, w]
+            slots.keys[:, :, EMBEDDING] = embedding_key
+            slots.values[:, :, :, EMBEDDING] = embedding_values
+            slots.keys[:, :, LAST] = key
+            slots.values[:, :, :, LAST] = group_values
+            slots.used = SLOTS
+            slots.last_frame = pending.frame
+            slots.absorbed += 1
+        self.stats.memorised += 1
+        self.stats.frames = max(s.used for s in self.slots if s is not None)
+        self.stats.peak_frames = max(self.stats.peak_frames, self.stats.frames)
+
+    @staticmethod
+    def _allocate(key: torch.Tensor, values: torch.Tensor, frame: int) -> RDESlots:
+        """Three slots for a group entering on `frame`: key [1, Ck, h, w], values [1, O_g, Cv, h, w]."""
+        keys = key.new_zeros(key.shape[0], key.shape[1], SLOTS, *key.shape[2:])  # [1, Ck, 3, h, w]
+        slot_values = values.new_zeros(*values.shape[:3], SLOTS, *values.shape[3:])  # [1, O_g, Cv, 3, h, w]
+        for slot in (ANNOTATED, EMBEDDING):  # the embedding starts from the annotated frame
+            keys[:, :, slot] = key
+            slot_values[:, :, :, slot] = values
+        return RDESlots(keys, slot_values, entry_frame=frame)
