@@ -8,6 +8,7 @@ tensors it runs only under `TRITON_INTERPRET=1`); `backend="reference"` forces P
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 
@@ -16,13 +17,14 @@ import torch
 from remn import reference
 
 BACKENDS = (None, "triton", "reference")
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def triton_unavailable_reason(*tensors: torch.Tensor | None) -> str | None:
     """Why the Triton kernels cannot take these tensors, or None when they can."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
+    from remn.kernels._common import KERNEL_DTYPES
+
     present = [t for t in tensors if t is not None]
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     for tensor in present:
@@ -56,7 +58,12 @@ def choose_backend(backend: str | None, *tensors: torch.Tensor | None) -> str:
 
 def memory_read(query_key, memory_key, memory_value, key_bias=None, *, scale=None, top_k=None, backend=None):
     """Gated memory read; see `remn.reference.memory_read` for shapes and math."""
-    if choose_backend(backend, query_key, memory_key, memory_value, key_bias) == "triton":
+    chosen = choose_backend(backend, query_key, memory_key, memory_value, key_bias)
+    if chosen == "triton" and backend is None and top_k is not None:
+        # The fused top-k keeps each query's k best logits in registers: larger k reads on the reference.
+        limit = importlib.import_module("remn.kernels.memory_read").MAX_FUSED_TOP_K
+        chosen = "triton" if top_k <= limit or top_k >= memory_key.shape[-1] else "reference"
+    if chosen == "triton":
         from remn.kernels import memory_read as fused_memory_read
 
         return fused_memory_read(query_key, memory_key, memory_value, key_bias, scale=scale, top_k=top_k)

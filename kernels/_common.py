@@ -1,0 +1,78 @@
+"""Launcher checks and tile helpers shared by the fused kernels.
+
+The shape and rank checks live in `remn.reference` (`check_memory_read_args`,
+`check_local_attention_args`) and are reused as they are; this module adds only what a
+Triton launch needs on top: a device the kernels can run on, a dtype they take, and the
+choice of operand precision for `tl.dot`. Nothing here touches the GPU driver, so
+importing it works on a machine without a GPU.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+import torch
+import triton
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (`TRITON_INTERPRET=1`)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_kernel_tensors(op_name: str, **tensors: torch.Tensor | None) -> None:
+    """Raise unless every given tensor is on a device and of a dtype the kernels take.
+
+    Rank, shape and same-device checks are the reference's (`remn.reference.check_*_args`);
+    call them first. Here: CUDA tensors, or CPU tensors under `TRITON_INTERPRET=1`
+    (ValueError otherwise), and fp32/fp16/bf16 (TypeError otherwise).
+    """
+    allow_cpu = interpreting()
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if tensor.dtype not in KERNEL_DTYPES:
+            raise TypeError(
+                f"{op_name}: {name} has dtype {tensor.dtype}; the Triton kernels take "
+                f"{', '.join(str(d) for d in KERNEL_DTYPES)} (use remn.reference for others)"
+            )
+        if tensor.device.type != "cuda" and not (allow_cpu and tensor.device.type == "cpu"):
+            raise ValueError(
+                f"{op_name}: {name} is on {tensor.device}; the Triton kernels need CUDA tensors "
+                "(or CPU tensors with TRITON_INTERPRET=1 set before remn.kernels is imported)"
+            )
+
+
+def dot_in_fp32(*dtypes: torch.dtype) -> bool:
+    """Whether a `tl.dot` over operands of these dtypes should upcast both to fp32.
+
+    The fast path feeds fp16/bf16 operands straight to the tensor cores with an fp32
+    accumulator; that needs both operands in the same 16-bit dtype. fp32 operands (and
+    mixed dtypes) take the exact path: fp32 with `input_precision="ieee"` (no TF32), which
+    matches the fp32 reference but runs on the CUDA cores. The interpreter computes bf16
+    arithmetic on raw bits, so there bf16 is upcast too (loads and stores stay bf16).
+    """
+    first = dtypes[0]
+    if any(d != first for d in dtypes) or first == torch.float32:
+        return True
+    return first == torch.bfloat16 and interpreting()
+
+
+def key_channel_tile(key_dim: int, max_tile: int = 128) -> int:
+    """BLOCK_CK: the key channels one `tl.dot` step takes (≥ 16 for the tensor cores).
+
+    When Ck fits in one tile the kernels load the query tile once and keep it in registers.
+    """
+    return max(16, min(triton.next_power_of_2(key_dim), max_tile))
+
+
+def resolve_scale(scale, key_dim: int) -> float:
+    """The logit scale as a Python float: `scale`, or 1/sqrt(Ck) when it is None."""
+    if scale is None:
+        return 1.0 / math.sqrt(key_dim)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    return float(scale)
