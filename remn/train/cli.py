@@ -1,0 +1,111 @@
+"""`remn train` / `python -m remn.train`: flags map onto `TrainConfig`.
+
+Stage 0 (static images):  remn train --config remn --images-root STATIC --iterations 300000 \\
+                              --imagenet-resnet50 r50.pth --imagenet-resnet18 r18.pth --output runs/s0
+Stage 1 (videos):         remn train --config remn --davis-root DAVIS --youtube-root YTVOS \\
+                              --init-weights runs/s0/model.pt --iterations 150000 --output runs/s1
+Synthetic smoke run:      remn train --config tiny --synthetic 16 --iterations 200 --lr 1e-3 --output runs/t
+Several GPUs:             torchrun --nproc_per_node=4 -m remn.train --config remn ... (same flags)
+
+--images-root ROOT reads ROOT/images/NAME.jpg|png with ROOT/masks/NAME.png (see remn.train.clips).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from remn.config import PRESETS
+from remn.train.config import AMP_MODES, TrainConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n", 2)[2]
+    data = parser.add_argument_group("data (at least one source)")
+    data.add_argument("--davis-root", metavar="ROOT",
+                      help="DAVIS layout (JPEGImages/480p, Annotations/480p, ImageSets)")
+    data.add_argument("--davis-split", default="train", help="DAVIS split to train on (default: train)")
+    data.add_argument("--davis-year", type=int, default=2017, choices=(2016, 2017))
+    data.add_argument("--youtube-root", metavar="ROOT", help="YouTube-VOS layout (train/JPEGImages, train/Annotations)")
+    data.add_argument("--images-root", metavar="ROOT",
+                      help="static images: ROOT/images/*.jpg|png and ROOT/masks/*.png, same stems")
+    data.add_argument("--synthetic", type=int, default=0, metavar="N",
+                      help="write N synthetic sequences to OUTPUT/data and train on them")
+    data.add_argument("--synthetic-size", type=int, nargs=2, default=(64, 96), metavar=("H", "W"))
+    data.add_argument("--num-workers", type=int, default=0, help="data loading processes per rank (default 0)")
+    data.add_argument("--threads", type=int, help="CPU threads for training (default: PyTorch's choice)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", default="remn", choices=sorted(PRESETS), help="model preset (default: remn)")
+    run.add_argument("--iterations", type=int, required=True, help="optimiser steps of the whole schedule")
+    run.add_argument("--output", required=True, metavar="RUN_DIR", help="run folder: last.pt, model.pt, log.jsonl")
+    run.add_argument("--resume", metavar="RUN_DIR/last.pt", help="continue a run bit for bit from its checkpoint")
+    run.add_argument("--init-weights", metavar="PATH", help="start from these weights (e.g. stage 0's model.pt)")
+    run.add_argument("--imagenet-resnet50", metavar="PATH", help="torchvision ResNet-50 weights for the key encoder")
+    run.add_argument("--imagenet-resnet18", metavar="PATH", help="torchvision ResNet-18 weights for the value encoder")
+    run.add_argument("--stop-at", type=int, metavar="ITER", help="stop (with a checkpoint) at this iteration")
+    run.add_argument("--save-every", type=int, default=1000, metavar="K", help="checkpoint every K iterations")
+    run.add_argument("--log-every", type=int, default=10, metavar="K")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when available; LOCAL_RANK under torchrun)")
+    run.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--batch-size", type=int, default=8, help="clips per process and step (default 8)")
+    optim.add_argument("--lr", type=float, default=2e-5, help="Adam learning rate (default 2e-5, STCN's)")
+    optim.add_argument("--weight-decay", type=float, default=1e-7)
+    optim.add_argument("--warmup", type=int, default=0, help="linear warm-up iterations")
+    optim.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the global gradient norm")
+    optim.add_argument("--amp", nargs="?", const="auto", default="off", choices=AMP_MODES,
+                       help="mixed precision: bare --amp picks bf16 (fp16 with a grad scaler without bf16)")
+
+    clips = parser.add_argument_group("clips and losses")
+    clips.add_argument("--crop-size", type=int, nargs=2, default=(384, 384), metavar=("H", "W"))
+    clips.add_argument("--num-frames", type=int, default=3)
+    clips.add_argument("--max-objects", type=int, default=2)
+    clips.add_argument("--ce-weight", type=float, default=1.0)
+    clips.add_argument("--bootstrap-top-p", type=float, default=0.15,
+                       help="final fraction of the hardest pixels in the cross-entropy")
+    clips.add_argument("--bootstrap-range", type=int, nargs=2, metavar=("START", "END"),
+                       help="iterations over which that fraction anneals from 1 (default 2/15 → 7/15 of the run)")
+    clips.add_argument("--gate-weight", type=float, default=0.1, help="gate term weight (0: off)")
+    clips.add_argument("--contrastive-weight", type=float, default=0.0, help="key contrastive term weight (0: off)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        output=args.output, model=args.config, iterations=args.iterations,
+        davis_root=args.davis_root, davis_split=args.davis_split, davis_year=args.davis_year,
+        youtube_root=args.youtube_root, images_root=args.images_root,
+        synthetic=args.synthetic, synthetic_size=tuple(args.synthetic_size),
+        num_workers=args.num_workers, threads=args.threads,
+        resume=args.resume, init_weights=args.init_weights,
+        imagenet_resnet50=args.imagenet_resnet50, imagenet_resnet18=args.imagenet_resnet18,
+        stop_at=args.stop_at, save_every=args.save_every, log_every=args.log_every, seed=args.seed,
+        device=args.device, progress=not args.no_progress,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
+        clip_grad=args.clip_grad, amp=args.amp,
+        crop_size=tuple(args.crop_size), num_frames=args.num_frames, max_objects=args.max_objects,
+        ce_weight=args.ce_weight, bootstrap_top_p=args.bootstrap_top_p,
+        bootstrap_range=None if args.bootstrap_range is None else tuple(args.bootstrap_range),
+        gate_weight=args.gate_weight, contrastive_weight=args.contrastive_weight,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from remn.train.trainer import TrainingDiverged, train
+
+    try:
+        config = config_from_args(args)
+        weights = train(config)
+    except (ValueError, FileNotFoundError, TrainingDiverged) as err:
+        print(f"remn train: error: {err}", file=sys.stderr)
+        return 2 if not isinstance(err, TrainingDiverged) else 3
+    print(f"weights: {weights}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m remn.train", description="train REMN")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,197 @@
+"""`TrainConfig`: every setting of a training run, and the schedules derived from it.
+
+The command line (`remn train`) maps its flags onto this dataclass; Python callers build it
+directly. Schedules are pure functions of the iteration (`lr_factor_at`, `max_skip_at`,
+`hard_pixel_fraction_at`), so a resumed run recomputes them exactly.
+
+Defaults follow STCN's main training (Adam, lr 2e-5, weight decay 1e-7, batch 8, 3-frame
+clips of 384×384 crops, 2 objects, bootstrapped cross-entropy annealed to the hardest 15 %
+of pixels, maximum frame gap 10 → 25 then 5 at the end) and suit the `remn` preset
+initialised from ImageNet or static-image pretraining; a `tiny` model from scratch wants a
+larger learning rate (see `remn.train.learning_check`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from remn.config import ModelConfig, resolve_config
+
+AMP_MODES = ("off", "auto", "bf16", "fp16")
+# (start as a fraction of the run, maximum frame gap from then on): STCN's curriculum.
+STCN_SKIP_CURRICULUM = ((0.0, 10), (0.1, 15), (0.2, 20), (0.3, 25), (0.9, 5))
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(int(v) < 16 for v in pair):
+        raise ValueError(f"TrainConfig.{name} must be (height, width), each >= 16, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+@dataclass
+class TrainConfig:
+    """A training run. `output` is the run folder (checkpoints, log, generated data)."""
+
+    output: str | Path
+    model: str | ModelConfig | dict = "remn"  # preset name, ModelConfig or dict
+    iterations: int = 150_000  # optimiser steps of the whole schedule
+
+    # --- data: at least one source -------------------------------------------------
+    davis_root: str | Path | None = None  # DAVIS layout; clips from `davis_split`
+    davis_split: str = "train"
+    davis_year: int = 2017
+    davis_repeat: int = 5  # DAVIS sequences count this many times against YouTube-VOS's
+    youtube_root: str | Path | None = None  # YouTube-VOS layout (train split)
+    images_root: str | Path | None = None  # static images: ROOT/images/*.jpg|png + ROOT/masks/*.png
+    synthetic: int = 0  # > 0: write this many synthetic sequences to OUTPUT/data and train on them
+    synthetic_size: tuple[int, int] = (64, 96)  # (H, W) of synthetic frames
+    synthetic_frames: int = 10
+    synthetic_seed: int = 0
+
+    # --- clips ---------------------------------------------------------------------
+    num_frames: int = 3  # frames per clip; frame 0's mask is given
+    max_objects: int = 2  # object slots per clip; unused slots are invalid objects
+    crop_size: tuple[int, int] = (384, 384)  # (H, W) of every training frame
+    min_crop_area: float = 0.36  # random-resized-crop area fraction range [min, 1]
+    geometric_jitter: float = 1.0  # scales the rotation / shear / zoom / shift ranges (0: crop and flip only)
+    skip_curriculum: tuple[tuple[float, int], ...] = STCN_SKIP_CURRICULUM
+    min_object_pixels: int = 16  # an object counts as visible in the first frame from this area
+
+    # --- losses (a weight of 0 switches a term off) --------------------------------
+    ce_weight: float = 1.0
+    bootstrap_top_p: float = 0.15  # final fraction of hardest pixels kept
+    bootstrap_range: tuple[int, int] | None = None  # (start, end) iterations; None: 2/15 → 7/15 of the run
+    gate_weight: float = 0.1
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
+
+    # --- optimisation --------------------------------------------------------------
+    batch_size: int = 8  # clips per process and step
+    lr: float = 2e-5
+    weight_decay: float = 1e-7
+    warmup: int = 0  # linear warm-up iterations
+    lr_decay_at: tuple[float, ...] = (0.8,)  # fractions of the run where lr is multiplied by lr_decay
+    lr_decay: float = 0.1
+    clip_grad: float | None = None  # max global gradient norm
+    amp: str = "off"  # off | auto | bf16 | fp16 (CUDA; bf16 also on CPU)
+
+    # --- run -----------------------------------------------------------------------
+    seed: int = 0
+    save_every: int = 1000  # checkpoint OUTPUT/last.pt every K iterations (and at the end)
+    log_every: int = 10
+    stop_at: int | None = None  # stop (with a checkpoint) at this iteration; resume later
+    resume: str | Path | None = None  # a last.pt to continue bit for bit
+    init_weights: str | Path | None = None  # start from these weights (e.g. stage 0's model.pt)
+    imagenet_resnet50: str | Path | None = None
+    imagenet_resnet18: str | Path | None = None
+    num_workers: int = 0
+    threads: int | None = None  # CPU intra-op threads while training (None: PyTorch's setting)
+    device: str | None = None  # default: cuda:LOCAL_RANK when available, else cpu
+    fused: bool = True  # Triton kernels on CUDA (they have backward passes); reference on CPU
+    progress: bool = True  # tqdm bar on rank 0
+    tensorboard: bool = True  # OUTPUT/tensorboard when the `tensorboard` package imports
+    deterministic: bool = False  # deterministic CUDA algorithms (bit-exact resume on GPU)
+
+    extra: dict = field(default_factory=dict)  # free-form notes saved with the run
+
+    def __post_init__(self):
+        self.output = Path(self.output)
+        self.crop_size = _pair(self.crop_size, "crop_size")
+        self.synthetic_size = tuple(int(v) for v in self.synthetic_size)
+        self.skip_curriculum = tuple((float(f), int(s)) for f, s in self.skip_curriculum)
+        self.lr_decay_at = tuple(float(f) for f in self.lr_decay_at)
+        if self.bootstrap_range is not None:
+            self.bootstrap_range = tuple(int(v) for v in self.bootstrap_range)
+        self.model_config  # noqa: B018 - validates the preset / fields now
+        positive = ("iterations", "batch_size", "save_every", "log_every", "num_frames", "max_objects",
+                    "davis_repeat", "synthetic_frames")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_frames < 2:
+            raise ValueError(f"TrainConfig.num_frames must be >= 2 (a given and a predicted frame), "
+                             f"got {self.num_frames}")
+        if self.synthetic < 0:
+            raise ValueError(f"TrainConfig.synthetic must be >= 0, got {self.synthetic}")
+        if not any((self.davis_root, self.youtube_root, self.images_root, self.synthetic)):
+            raise ValueError("no training data: give davis_root, youtube_root, images_root or synthetic > 0")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"TrainConfig.amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if not 0.0 <= self.geometric_jitter <= 2.0:
+            raise ValueError(f"TrainConfig.geometric_jitter must be in [0, 2], got {self.geometric_jitter}")
+        if not 0.0 < self.min_crop_area <= 1.0:
+            raise ValueError(f"TrainConfig.min_crop_area must be in (0, 1], got {self.min_crop_area}")
+        if not 0.0 < self.bootstrap_top_p <= 1.0:
+            raise ValueError(f"TrainConfig.bootstrap_top_p must be in (0, 1], got {self.bootstrap_top_p}")
+        if self.bootstrap_range is not None and (len(self.bootstrap_range) != 2
+                                                 or not 0 <= self.bootstrap_range[0] <= self.bootstrap_range[1]):
+            raise ValueError(f"TrainConfig.bootstrap_range must be (start, end) with 0 <= start <= end, "
+                             f"got {self.bootstrap_range}")
+        for name in ("ce_weight", "gate_weight", "contrastive_weight", "lr", "weight_decay", "lr_decay"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value}")
+        if self.ce_weight == 0 and self.gate_weight == 0 and self.contrastive_weight == 0:
+            raise ValueError("every loss weight is 0: nothing to train")
+        if self.contrastive_temperature <= 0:
+            raise ValueError(f"TrainConfig.contrastive_temperature must be > 0, got {self.contrastive_temperature}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise ValueError(f"TrainConfig.clip_grad must be > 0 or None, got {self.clip_grad}")
+        if not self.skip_curriculum or any(s < 1 for _, s in self.skip_curriculum):
+            raise ValueError(f"TrainConfig.skip_curriculum needs (fraction, max_skip >= 1) pairs, "
+                             f"got {self.skip_curriculum}")
+        if self.stop_at is not None and self.stop_at < 1:
+            raise ValueError(f"TrainConfig.stop_at must be >= 1 or None, got {self.stop_at}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"TrainConfig.threads must be >= 1 or None, got {self.threads}")
+        if self.num_workers < 0 or self.warmup < 0:
+            raise ValueError("TrainConfig.num_workers and warmup must be >= 0")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def model_config(self) -> ModelConfig:
+        return resolve_config(self.model)
+
+    @property
+    def end_iteration(self) -> int:
+        """Where this invocation stops: `stop_at` when set (capped by the run), else `iterations`."""
+        return self.iterations if self.stop_at is None else min(self.stop_at, self.iterations)
+
+    def lr_factor_at(self, iteration: int) -> float:
+        """Multiplier of `lr` at an iteration: linear warm-up, then ×lr_decay at each `lr_decay_at`."""
+        factor = 1.0 if self.warmup == 0 else min(1.0, (iteration + 1) / self.warmup)
+        for fraction in self.lr_decay_at:
+            if iteration >= fraction * self.iterations:
+                factor *= self.lr_decay
+        return factor
+
+    def max_skip_at(self, iteration: int) -> int:
+        """Maximum gap between consecutive sampled frames at an iteration (the curriculum)."""
+        progress = iteration / self.iterations
+        skip = self.skip_curriculum[0][1]
+        for start, value in self.skip_curriculum:
+            if progress >= start:
+                skip = value
+        return skip
+
+    def hard_pixel_fraction_at(self, iteration: int) -> float:
+        """Fraction of the hardest pixels the bootstrapped cross-entropy keeps: 1 before the
+        range, linear down to `bootstrap_top_p` across it, `bootstrap_top_p` after."""
+        start, end = self.bootstrap_range or (round(self.iterations * 2 / 15), round(self.iterations * 7 / 15))
+        if iteration < start:
+            return 1.0
+        if iteration >= end:
+            return self.bootstrap_top_p
+        return 1.0 - (1.0 - self.bootstrap_top_p) * (iteration - start) / (end - start)
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings (paths as strings, the model config expanded)."""
+        values = dataclasses.asdict(self)
+        for key, value in values.items():
+            if isinstance(value, Path):
+                values[key] = str(value)
+        values["model"] = self.model_config.to_dict()
+        return values

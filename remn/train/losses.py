@@ -1,0 +1,246 @@
+"""Training losses and `ClipObjective`, the module a training step differentiates.
+
+Notation: a clip has T frames; frame 0's masks are given and frames 1..T−1 are predicted
+with every earlier frame in memory (`REMN.forward`). O object slots per clip, some of them
+padding (`object_valid` False). Labels are class indices per pixel: 0 background, k+1 the
+object in slot k, IGNORE_INDEX for void pixels.
+
+The three terms (each off with a weight of 0):
+
+1. Bootstrapped cross-entropy (STCN), on the aggregated logits [B, T−1, O+1, H, W]:
+   for each predicted frame t, ℓ_p = −log softmax(logits)_{label_p} over the non-void
+   pixels p of the whole batch, and
+
+       L_ce(t) = mean of the ⌈f·n⌉ largest ℓ_p,      L_ce = mean_t L_ce(t)
+
+   where n is the pixel count and the kept fraction f = `TrainConfig.hard_pixel_fraction_at`
+   (1 early in training, annealed linearly down to `bootstrap_top_p`).
+
+2. Gate term: teaches the soft modulation gate to score low the memory frames the read
+   hardly uses. For query frame t and memory frames m = 0..t−1, the stop-gradient attention
+   mass of the *ungated* read (the reference affinity of `remn.reference.memory_read`,
+   averaged over the query positions i)
+
+       a_m = (1/N) Σ_i Σ_{j ∈ frame m} softmax_j(ℓ_ij),     Σ_m a_m = 1,
+
+   gives the target y_m = min(1, T_mem · a_m): a frame that receives at least its uniform
+   share is useful (1); a frame the query barely matches — a redundant or stale one — gets
+   a proportionally lower target. The gate's score s_m = exp(gate log score) is fitted by
+   binary cross-entropy
+
+       L_gate = mean over (b, t, m) of −[y_m log s_m + (1 − y_m) log(1 − s_m)],
+
+   on queries with at least two memory frames (one frame alone cannot be redundant). The
+   gate is evaluated on detached keys, so this term trains `model.gate` only; the
+   cross-entropy also reaches the gate through the gated read.
+
+3. Key contrastive term (InfoNCE on object prototypes): for each predicted frame t, the
+   prototype of region c (background or a valid object) is the mask-weighted mean of the
+   frame's keys at stride 16, P_c = Σ_x m_c(x) k(x) / Σ_x m_c(x), with ground-truth masks.
+   Each query prototype must pick its own region among the first frame's prototypes:
+
+       L_con = mean over (b, t, c) of −log softmax_{c'}(cos(P^t_c, P^0_{c'}) / τ)_{c}
+
+   over regions present (≥ a quarter key cell) in both frames, in clips with at least two
+   such regions. Its gradient reaches the key encoder and key projection.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from remn import reference
+from remn.model.network import even_padding
+
+IGNORE_INDEX = -100
+MIN_REGION_CELLS = 0.25  # a region takes part in the contrastive term from this many key cells
+LOG_EPSILON = 1e-6
+
+
+# ----------------------------------------------------------------- cross-entropy
+def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_fraction: float) -> torch.Tensor:
+    """logits [B, T, C, H, W], labels int64 [B, T, H, W] (IGNORE_INDEX = void) → scalar.
+
+    Per frame index t, the mean over the ⌈hard_fraction · n⌉ largest per-pixel
+    cross-entropies of the batch's n non-void pixels; then the mean over t.
+    """
+    if logits.dim() != 5 or labels.shape != logits.shape[:2] + logits.shape[3:]:
+        raise ValueError(f"logits [B, T, C, H, W] and labels [B, T, H, W] expected, got "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    if not 0.0 < hard_fraction <= 1.0:
+        raise ValueError(f"hard_fraction must be in (0, 1], got {hard_fraction}")
+    pixel_loss = F.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(0, 1), reduction="none", ignore_index=IGNORE_INDEX
+    )  # [B·T, H, W]
+    pixel_loss = pixel_loss.view(labels.shape).transpose(0, 1).flatten(1)  # [T, B·H·W]
+    valid = (labels != IGNORE_INDEX).transpose(0, 1).flatten(1)  # [T, B·H·W]
+    per_frame = []
+    for loss_t, valid_t in zip(pixel_loss, valid):
+        kept = loss_t[valid_t]  # [n]
+        if kept.numel() == 0:
+            per_frame.append(loss_t.sum() * 0.0)  # all void: no signal, keep the graph
+            continue
+        if hard_fraction < 1.0:
+            count = max(1, math.ceil(hard_fraction * kept.numel()))
+            kept = kept.topk(count, sorted=False).values
+        per_frame.append(kept.mean())
+    return torch.stack(per_frame).mean()
+
+
+# ----------------------------------------------------------------- gate
+@torch.no_grad()
+def gate_targets(query_key: torch.Tensor, memory_key: torch.Tensor) -> torch.Tensor:
+    """query_key [B, Ck, h, w], memory_key [B, Ck, T, h, w] → targets [B, T] in [0, 1].
+
+    y_m = min(1, T · a_m) with a_m the ungated read's attention mass on memory frame m,
+    averaged over query positions. The mass comes from `remn.reference.memory_read`
+    itself, reading a one-hot "which frame" value per memory position.
+    """
+    batch, _, frames, height, width = memory_key.shape
+    positions = height * width
+    which_frame = torch.eye(frames, device=memory_key.device).repeat_interleave(positions, dim=1)  # [T, T·h·w]
+    values = which_frame[None, None].expand(batch, 1, frames, frames * positions)  # [B, 1, T, T·h·w]
+    mass = reference.memory_read(query_key.float().flatten(2), memory_key.float().flatten(2), values)  # [B, 1, T, N]
+    share = mass[:, 0].mean(dim=-1)  # [B, T], sums to 1
+    return (frames * share).clamp(max=1.0)
+
+
+def gate_loss(log_scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy between gate scores exp(log_scores) and targets, both [B, T] → scalar.
+
+    log(1 − s) is computed as log(−expm1(log s)), with log s capped just below 0.
+    """
+    log_scores = log_scores.float()
+    log_complement = torch.log(-torch.expm1(log_scores.clamp(max=-LOG_EPSILON)))  # log(1 − s)
+    return -(targets * log_scores + (1 - targets) * log_complement).mean()
+
+
+# ----------------------------------------------------------------- contrastive
+def region_masks(labels: torch.Tensor, num_regions: int) -> torch.Tensor:
+    """labels int64 [B, H, W] (0..num_regions−1, IGNORE_INDEX) → float one-hot [B, R, H, W], void all zero."""
+    valid = labels != IGNORE_INDEX
+    onehot = F.one_hot(labels.clamp(min=0), num_regions).permute(0, 3, 1, 2)  # [B, R, H, W]
+    return (onehot * valid[:, None]).float()
+
+
+def pool_to_keys(masks: torch.Tensor, key_size: tuple[int, int]) -> torch.Tensor:
+    """masks [B, R, H, W] → area in key cells [B, R, h, w], with the model's even padding to stride 16."""
+    padded = F.pad(masks, even_padding(*masks.shape[-2:]))  # [B, R, Hp, Wp]
+    return F.adaptive_avg_pool2d(padded, key_size)
+
+
+def prototypes(keys: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """keys [B, Ck, h, w], cells [B, R, h, w] → (unit prototypes [B, R, Ck], area [B, R])."""
+    area = cells.flatten(2).sum(-1)  # [B, R]
+    weighted = torch.einsum("bchw,brhw->brc", keys.float(), cells)  # [B, R, Ck]
+    means = weighted / area.clamp_min(LOG_EPSILON)[..., None]
+    return F.normalize(means, dim=-1), area
+
+
+def key_contrastive_loss(
+    query_keys: torch.Tensor,
+    first_keys: torch.Tensor,
+    query_labels: torch.Tensor,
+    first_labels: torch.Tensor,
+    num_regions: int,
+    temperature: float = 0.1,
+) -> torch.Tensor:
+    """InfoNCE between region prototypes of query frames and of the first frame.
+
+    query_keys [B, T, Ck, h, w], first_keys [B, Ck, h, w], query_labels int64 [B, T, H, W],
+    first_labels [B, H, W] → scalar (0 with a graph when no clip has two shared regions).
+    """
+    batch, frames = query_keys.shape[:2]
+    key_size = tuple(first_keys.shape[-2:])
+    first_proto, first_area = prototypes(first_keys, pool_to_keys(region_masks(first_labels, num_regions), key_size))
+    query_cells = pool_to_keys(region_masks(query_labels.flatten(0, 1), num_regions), key_size)  # [B·T, R, h, w]
+    query_proto, query_area = prototypes(query_keys.flatten(0, 1), query_cells)  # [B·T, R, Ck], [B·T, R]
+    first_proto = first_proto.repeat_interleave(frames, dim=0)  # [B·T, R, Ck]
+    first_present = (first_area >= MIN_REGION_CELLS).repeat_interleave(frames, dim=0)  # [B·T, R]
+    shared = first_present & (query_area >= MIN_REGION_CELLS)  # [B·T, R]
+    usable = shared & (shared.sum(dim=1, keepdim=True) >= 2)  # [B·T, R]
+    if not usable.any():
+        return query_keys.sum() * 0.0
+    logits = torch.einsum("nrc,nsc->nrs", query_proto, first_proto) / temperature  # [B·T, R, R]
+    logits = logits.masked_fill(~first_present[:, None, :], float("-inf"))
+    target = torch.arange(num_regions, device=logits.device).expand(logits.shape[:2])  # [B·T, R]
+    per_region = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")  # [B·T, R]
+    return per_region[usable].mean()
+
+
+# ----------------------------------------------------------------- the objective
+@dataclass(frozen=True)
+class LossWeights:
+    ce: float = 1.0
+    gate: float = 0.1
+    contrastive: float = 0.0
+    contrastive_temperature: float = 0.1
+
+
+class ClipObjective(nn.Module):
+    """Runs a clip through `model` and returns (total loss, {term: value}).
+
+    The model's own `forward` segments the clip (so whatever memory it runs is what is
+    trained); the keys it computed are captured from `model.key_proj` for the gate and
+    contrastive terms. Wrap this module, not the model, in DistributedDataParallel.
+    """
+
+    def __init__(self, model: nn.Module, weights: LossWeights):
+        super().__init__()
+        self.model = model
+        self.weights = weights
+
+    def forward(self, frames, first_masks, labels, object_valid, hard_fraction: float = 1.0):
+        """frames [B, T, 3, H, W], first_masks [B, O, H, W], labels int64 [B, T, H, W],
+        object_valid bool [B, O] → (scalar loss, dict of detached scalar terms)."""
+        batch, frames_per_clip = frames.shape[:2]
+        captured: list[torch.Tensor] = []
+        needs_keys = (self.weights.gate > 0 and self.model.gate is not None) or self.weights.contrastive > 0
+        handle = None
+        if needs_keys:
+            handle = self.model.key_proj.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            output = self.model(frames, first_masks, object_valid)
+        finally:
+            if handle is not None:
+                handle.remove()
+        keys = None
+        if needs_keys:
+            if len(captured) != 1 or captured[0].shape[0] != batch * frames_per_clip:
+                raise RuntimeError(
+                    "ClipObjective expects REMN.forward to project the keys of all B·T frames in one "
+                    f"key_proj call; saw {len(captured)} call(s) of shapes {[tuple(c.shape) for c in captured]}"
+                )
+            keys = captured[0].view(batch, frames_per_clip, *captured[0].shape[1:])  # [B, T, Ck, h, w]
+
+        with torch.autocast(frames.device.type, enabled=False):  # the losses run in fp32
+            total, parts = self._losses(output, keys, first_masks, labels, hard_fraction)
+        return total, {name: value.detach() for name, value in parts.items()}
+
+    def _losses(self, output, keys, first_masks, labels, hard_fraction):
+        frames_per_clip = labels.shape[1]
+        parts: dict[str, torch.Tensor] = {}
+        total = labels.new_zeros((), dtype=torch.float32)
+        if self.weights.ce > 0:
+            parts["ce"] = bootstrapped_cross_entropy(output.logits, labels[:, 1:], hard_fraction)
+            total = total + self.weights.ce * parts["ce"]
+        if self.weights.gate > 0 and self.model.gate is not None:
+            terms = []
+            for t in range(2, frames_per_clip):  # queries with ≥ 2 memory frames
+                query = keys[:, t].detach().float()  # [B, Ck, h, w]
+                memory = keys[:, :t].detach().float().transpose(1, 2)  # [B, Ck, t, h, w]
+                terms.append(gate_loss(self.model.gate(query, memory), gate_targets(query, memory)))
+            if terms:
+                parts["gate"] = torch.stack(terms).mean()
+                total = total + self.weights.gate * parts["gate"]
+        if self.weights.contrastive > 0:
+            parts["contrastive"] = key_contrastive_loss(
+                keys[:, 1:], keys[:, 0], labels[:, 1:], labels[:, 0], first_masks.shape[1] + 1,
+                self.weights.contrastive_temperature,
+            )
+            total = total + self.weights.contrastive * parts["contrastive"]
+        return total, parts
