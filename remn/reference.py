@@ -10,9 +10,11 @@ the softmax over keys does not depend on it):
     logit[b, i, j] = scale · (2⟨q_bi, k_bj⟩ − |k_bj|²) + key_bias[b, j],  scale = 1/sqrt(Ck)
 
 A key whose bias is −inf takes no part; a query with no remaining key reads zeros.
+Autocast is switched off inside both ops, so they compute in fp32 under mixed precision too.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -25,6 +27,17 @@ def _check_rank(name: str, tensor: torch.Tensor, rank: int, layout: str) -> None
         raise ValueError(f"{name} must have shape {layout}, got {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+
+
+def _without_autocast(op):
+    """Run `op` with autocast off on the inputs' device: the reference math stays fp32."""
+    @functools.wraps(op)
+    def wrapper(query_key, *args, **kwargs):
+        device_type = query_key.device.type if isinstance(query_key, torch.Tensor) else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
+            return op(query_key, *args, **kwargs)
+
+    return wrapper
 
 
 def _safe_softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
@@ -65,6 +78,7 @@ def check_memory_read_args(query_key, memory_key, memory_value, key_bias, top_k)
     return batch, key_dim, num_queries, num_keys, num_objects, value_dim
 
 
+@_without_autocast
 def memory_read(
     query_key: torch.Tensor,
     memory_key: torch.Tensor,
@@ -124,6 +138,7 @@ def check_local_attention_args(query_key, key, value, radius, key_bias):
     return batch, key_dim, height, width, value.shape[1], value.shape[2]
 
 
+@_without_autocast
 def local_attention(
     query_key: torch.Tensor,
     key: torch.Tensor,

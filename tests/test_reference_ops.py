@@ -156,3 +156,14 @@ def test_dispatch_chooses_reference_on_cpu_and_explains_forced_triton():
         ops.choose_backend("cuda", *tensors)
     assert ops.triton_unavailable_reason(torch.ones(2, dtype=torch.float64)) is not None
     torch.testing.assert_close(ops.memory_read(*tensors), reference.memory_read(*tensors))
+
+
+def test_reference_computes_in_fp32_under_autocast():
+    query_key, memory_key = torch.randn(1, 8, 6), torch.randn(1, 8, 30)
+    memory_value = torch.randn(1, 2, 4, 30)
+    want = reference.memory_read(query_key, memory_key, memory_value)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = reference.memory_read(query_key, memory_key, memory_value)
+        local = reference.local_attention(torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3), torch.randn(1, 1, 2, 3, 3), 1)
+    assert got.dtype == torch.float32 and local.dtype == torch.float32
+    torch.testing.assert_close(got, want)
