@@ -219,3 +219,22 @@ def test_tiny_rde_model_reads_from_a_compressed_embedding():
         out = model.segment(model.encode_key(frames[:, 2]), memory_key, memory_value)
     assert embedding_key.shape == first.key.shape and embedding_value.shape == (1, 2, 64, 3, 4)
     assert out.probs.shape == (1, 3, 40, 56)
+
+
+def test_rde_clip_training_reads_the_embedding_and_trains_the_compressor():
+    from remn.train.losses import ClipObjective, LossWeights
+
+    model = remn.build_model(config="tiny", memory="rde", gate=False, local_attention=False, device="cpu").train()
+    frames = torch.rand(2, 4, 3, 32, 48)
+    first_masks = torch.zeros(2, 2, 32, 48)
+    first_masks[:, 0, 4:14, 6:20] = 1
+    first_masks[:, 1, 18:28, 26:40] = 1
+    labels = torch.zeros(2, 4, 32, 48, dtype=torch.long)
+    output = model(frames, first_masks)
+    assert output.full_memory_logits.shape == (2, 2, 3, 32, 48)  # frames 2 and 3
+    objective = ClipObjective(model, LossWeights(ce=1.0, gate=0.0, rde_consistency=1.0))
+    loss, parts = objective(frames, first_masks, labels, torch.ones(2, 2, dtype=torch.bool))
+    assert parts["rde_consistency"] > 0
+    loss.backward()
+    assert model.mem_compress.compress_value.weight.grad.abs().sum() > 0
+    assert model.mem_compress.key_encoder.non_local.theta.weight.grad.abs().sum() > 0

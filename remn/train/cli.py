@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="iterations over which that fraction anneals from 1 (default 2/15 → 7/15 of the run)")
     clips.add_argument("--gate-weight", type=float, default=0.1, help="gate term weight (0: off)")
     clips.add_argument("--contrastive-weight", type=float, default=0.0, help="key contrastive term weight (0: off)")
+    clips.add_argument("--rde-consistency-weight", type=float, default=1.0,
+                       help="RDE models: KL(full-memory read || embedding read) weight (0: off)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -89,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ce_weight=args.ce_weight, bootstrap_top_p=args.bootstrap_top_p,
         bootstrap_range=None if args.bootstrap_range is None else tuple(args.bootstrap_range),
         gate_weight=args.gate_weight, contrastive_weight=args.contrastive_weight,
+        rde_consistency_weight=args.rde_consistency_weight,
     )
 
 

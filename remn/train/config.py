@@ -67,6 +67,7 @@ class TrainConfig:
     gate_weight: float = 0.1
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.1
+    rde_consistency_weight: float = 1.0  # RDE models only: KL(full-memory read ‖ embedding read)
 
     # --- optimisation --------------------------------------------------------------
     batch_size: int = 8  # clips per process and step
@@ -130,12 +131,16 @@ class TrainConfig:
                                                  or not 0 <= self.bootstrap_range[0] <= self.bootstrap_range[1]):
             raise ValueError(f"TrainConfig.bootstrap_range must be (start, end) with 0 <= start <= end, "
                              f"got {self.bootstrap_range}")
-        for name in ("ce_weight", "gate_weight", "contrastive_weight", "lr", "weight_decay", "lr_decay"):
+        for name in ("ce_weight", "gate_weight", "contrastive_weight", "rde_consistency_weight", "lr", "weight_decay",
+                     "lr_decay"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value}")
-        if self.ce_weight == 0 and self.gate_weight == 0 and self.contrastive_weight == 0:
-            raise ValueError("every loss weight is 0: nothing to train")
+        model = self.model_config
+        active = (self.ce_weight, self.contrastive_weight, self.gate_weight if model.gate else 0.0,
+                  self.rde_consistency_weight if model.memory == "rde" else 0.0)
+        if not any(active):
+            raise ValueError("every loss weight that applies to this model is 0: nothing to train")
         if self.contrastive_temperature <= 0:
             raise ValueError(f"TrainConfig.contrastive_temperature must be > 0, got {self.contrastive_temperature}")
         if self.clip_grad is not None and not self.clip_grad > 0:

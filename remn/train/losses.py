@@ -5,7 +5,7 @@ with every earlier frame in memory (`REMN.forward`). O object slots per clip, so
 padding (`object_valid` False). Labels are class indices per pixel: 0 background, k+1 the
 object in slot k, IGNORE_INDEX for void pixels.
 
-The three terms (each off with a weight of 0):
+The terms (each off with a weight of 0):
 
 1. Bootstrapped cross-entropy (STCN), on the aggregated logits [B, T−1, O+1, H, W]:
    for each predicted frame t, ℓ_p = −log softmax(logits)_{label_p} over the non-void
@@ -43,6 +43,13 @@ The three terms (each off with a weight of 0):
 
    over regions present (≥ a quarter key cell) in both frames, in clips with at least two
    such regions. Its gradient reaches the key encoder and key projection.
+
+4. RDE consistency (models with RDE's memory compressor only): frames 2.. are read both
+   from [annotated, embedding, last] (the prediction trained by the cross-entropy) and
+   from the full memory (`SegmentOutput.full_memory_logits`);
+   L_rde = KL(p_full ‖ p_embedding) over the aggregated classes, full side detached
+   (`remn.model.rde.rde_consistency_loss`), so the compressor learns to keep what the full
+   memory would have read.
 """
 from __future__ import annotations
 
@@ -55,6 +62,7 @@ from torch import nn
 
 from remn import reference
 from remn.model.network import even_padding
+from remn.model.rde import rde_consistency_loss
 
 IGNORE_INDEX = -100
 MIN_REGION_CELLS = 0.25  # a region takes part in the contrastive term from this many key cells
@@ -179,6 +187,7 @@ class LossWeights:
     gate: float = 0.1
     contrastive: float = 0.0
     contrastive_temperature: float = 0.1
+    rde_consistency: float = 1.0
 
 
 class ClipObjective(nn.Module):
@@ -243,4 +252,9 @@ class ClipObjective(nn.Module):
                 self.weights.contrastive_temperature,
             )
             total = total + self.weights.contrastive * parts["contrastive"]
+        if self.weights.rde_consistency > 0 and output.full_memory_logits is not None:
+            parts["rde_consistency"] = rde_consistency_loss(
+                output.logits[:, 1:].flatten(0, 1), output.full_memory_logits.flatten(0, 1)
+            )
+            total = total + self.weights.rde_consistency * parts["rde_consistency"]
         return total, parts

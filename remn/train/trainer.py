@@ -285,7 +285,7 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Path
     if config.resume is not None:
         load_checkpoint(state, config.resume)
     weights = LossWeights(config.ce_weight, config.gate_weight, config.contrastive_weight,
-                          config.contrastive_temperature)
+                          config.contrastive_temperature, config.rde_consistency_weight)
     # parameters a model's forward may leave unused (RDE's compressor) need DDP's search
     unused = getattr(model, "mem_compress", None) is not None
     objective = distributed.wrap(ClipObjective(model, weights), context, find_unused_parameters=unused)
