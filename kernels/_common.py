@@ -76,3 +76,17 @@ def resolve_scale(scale, key_dim: int) -> float:
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     return float(scale)
+
+
+def reference_gradients(reference_op, saved, needs_grad, grad_out):
+    """Backward of a fused op by recomputing its reference under autograd.
+
+    saved: the op's tensor inputs (None where absent), needs_grad: which of them want a
+    gradient, reference_op(*saved) → output. Returns one gradient (or None) per input.
+    """
+    with torch.enable_grad():
+        leaves = [None if t is None else t.detach().requires_grad_(need) for t, need in zip(saved, needs_grad)]
+        out = reference_op(*leaves)
+        wanted = [t for t in leaves if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out)) if wanted else iter(())
+    return tuple(next(grads) if t is not None and t.requires_grad else None for t in leaves)

@@ -27,7 +27,7 @@ import triton.language as tl
 from remn.reference import check_local_attention_args
 from remn.reference import local_attention as reference_local_attention
 
-from ._common import check_kernel_tensors, interpreting, resolve_scale
+from ._common import check_kernel_tensors, interpreting, reference_gradients, resolve_scale
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x·log2(e)); constexpr so kernels may read it
 
@@ -211,18 +211,10 @@ class _LocalAttentionFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        query_key, key, value, key_bias = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        with torch.enable_grad():
-            leaves = [
-                None if t is None else t.detach().requires_grad_(need)
-                for t, need in zip((query_key, key, value, key_bias), (needs[0], needs[1], needs[2], needs[4]))
-            ]
-            out = reference_local_attention(leaves[0], leaves[1], leaves[2], ctx.radius, leaves[3], scale=ctx.scale)
-            wanted = [t for t in leaves if t is not None and t.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, grad_out))
-        q_grad, k_grad, v_grad, bias_grad = (
-            next(grads) if t is not None and t.requires_grad else None for t in leaves
+        q_grad, k_grad, v_grad, bias_grad = reference_gradients(
+            lambda q, k, v, bias: reference_local_attention(q, k, v, ctx.radius, bias, scale=ctx.scale),
+            ctx.saved_tensors, (needs[0], needs[1], needs[2], needs[4]), grad_out,
         )
         return q_grad, k_grad, v_grad, None, bias_grad, None
 

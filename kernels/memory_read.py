@@ -35,7 +35,9 @@ import triton.language as tl
 from remn.reference import check_memory_read_args
 from remn.reference import memory_read as reference_memory_read
 
-from ._common import check_kernel_tensors, dot_in_fp32, interpreting, key_channel_tile, resolve_scale
+from ._common import (
+    check_kernel_tensors, dot_in_fp32, interpreting, key_channel_tile, reference_gradients, resolve_scale,
+)
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x·log2(e)); constexpr so kernels may read it
 
@@ -399,16 +401,11 @@ class _MemoryReadFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        saved = ctx.saved_tensors
-        with torch.enable_grad():
-            leaves = [
-                None if t is None else t.detach().requires_grad_(need)
-                for t, need in zip(saved, ctx.needs_input_grad[:4])
-            ]
-            out = reference_memory_read(*leaves, scale=ctx.scale, top_k=ctx.top_k)
-            wanted = [t for t in leaves if t is not None and t.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, grad_out))
-        return tuple(next(grads) if t is not None and t.requires_grad else None for t in leaves) + (None, None)
+        grads = reference_gradients(
+            lambda q, k, v, bias: reference_memory_read(q, k, v, bias, scale=ctx.scale, top_k=ctx.top_k),
+            ctx.saved_tensors, ctx.needs_input_grad[:4], grad_out,
+        )
+        return (*grads, None, None)
 
 
 def memory_read(

@@ -50,10 +50,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {unknown}")
+        check_fields(cls, values)
         return cls(**values)
 
 
@@ -76,22 +73,33 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def resolve_config(config: str | ModelConfig | dict = "remn", **overrides) -> ModelConfig:
-    """A preset name, a ModelConfig or a dict, with field overrides applied."""
-    if isinstance(config, ModelConfig):
+def check_fields(cls, values: dict) -> None:
+    """Raise ValueError naming the keys of `values` that are not fields of dataclass `cls`."""
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+
+
+def resolve_preset(config, cls, presets: dict, what: str, **overrides):
+    """A preset name (looked up in `presets`), an instance of dataclass `cls` or a dict of its
+    fields, with field overrides applied."""
+    if isinstance(config, cls):
         base = config
     elif isinstance(config, dict):
-        base = ModelConfig.from_dict(config)
+        check_fields(cls, config)
+        base = cls(**config)
     elif isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown config {config!r}; presets: {sorted(PRESETS)}")
-        base = PRESETS[config]
+        if config not in presets:
+            raise ValueError(f"unknown {what} {config!r}; presets: {sorted(presets)}")
+        base = presets[config]
     else:
-        raise TypeError(f"config must be a preset name, a ModelConfig or a dict, got {type(config).__name__}")
+        raise TypeError(f"config must be a preset name, a {cls.__name__} or a dict, got {type(config).__name__}")
     if overrides:
-        known = {f.name for f in dataclasses.fields(ModelConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {unknown}")
+        check_fields(cls, overrides)
         base = dataclasses.replace(base, **overrides)
     return base
+
+
+def resolve_config(config: str | ModelConfig | dict = "remn", **overrides) -> ModelConfig:
+    """A model preset name, a ModelConfig or a dict, with field overrides applied."""
+    return resolve_preset(config, ModelConfig, PRESETS, "config", **overrides)

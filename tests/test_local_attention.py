@@ -3,9 +3,7 @@
 Without CUDA the kernel runs in the Triton interpreter on CPU tensors (conftest sets
 TRITON_INTERPRET=1), so CPU maps stay tiny; real 480p sizes run only on CUDA.
 
-Tolerances follow flash-attention's rule: the kernel's error against the fp32 reference
-must stay within twice PyTorch's own error when the same math runs at the input dtype,
-plus a rounding floor (`rounding_floor`).
+Tolerances: `kernel_testing.rounding_floor` (flash-attention's rule).
 """
 from __future__ import annotations
 
@@ -18,19 +16,9 @@ import torch.nn.functional as F
 from remn import ops, reference
 from remn.kernels import local_attention
 
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-# bf16 only on CUDA: the interpreter's bf16 arithmetic is not meaningful.
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
-needs_cuda = pytest.mark.skipif(not CUDA, reason="real sizes need CUDA (too slow for the interpreter)")
+from kernel_testing import CUDA, DEVICE, DTYPES, needs_cuda, random_normal, rounding_floor
 
 
-def rounding_floor(dtype, logit_magnitude, out_magnitude):
-    """The error allowed on top of 2 × PyTorch's: a few fp32 ulps of the logits (summation
-    order differs: per-offset channel sums vs unfold/einsum, streaming vs one-shot softmax
-    sums), carried through exp into the output, plus one unit of the output dtype's rounding."""
-    logit_ulps = 4.0 * torch.finfo(torch.float32).eps * max(1.0, logit_magnitude)
-    return (logit_ulps + torch.finfo(dtype).eps) * max(1.0, out_magnitude)
 
 
 def make_inputs(batch, objects, key_dim, value_dim, height, width, dtype=torch.float32, bias="object", generator=None):
@@ -40,14 +28,9 @@ def make_inputs(batch, objects, key_dim, value_dim, height, width, dtype=torch.f
     B and O); "neg_inf" (per object, about a third of the key positions excluded); or
     "all_neg_inf" (object 0 of every batch entry excludes every key position).
     """
-    def randn(*shape):
-        if generator is None:  # drawn on the device: real sizes are large
-            return torch.randn(*shape, device=DEVICE).to(dtype)
-        return torch.randn(*shape, generator=generator).to(DEVICE, dtype)
-
-    query_key = randn(batch, key_dim, height, width)
-    key = randn(batch, key_dim, height, width)
-    value = randn(batch, objects, value_dim, height, width)
+    query_key = random_normal((batch, key_dim, height, width), dtype, generator)
+    key = random_normal((batch, key_dim, height, width), dtype, generator)
+    value = random_normal((batch, objects, value_dim, height, width), dtype, generator)
     if bias == "none":
         return query_key, key, value, None
     if bias == "pixel":

@@ -3,9 +3,7 @@
 Without CUDA the kernels run in the Triton interpreter on CPU tensors (conftest sets
 TRITON_INTERPRET=1), so CPU shapes stay tiny; real 480p sizes run only on CUDA.
 
-Tolerances follow flash-attention's rule: the kernel's error against the fp32 reference
-must stay within twice PyTorch's own error when the same math runs at the input dtype,
-plus a rounding floor (`rounding_floor`).
+Tolerances: `kernel_testing.rounding_floor` (flash-attention's rule).
 """
 from __future__ import annotations
 
@@ -18,19 +16,9 @@ from remn import ops, reference
 from remn.kernels import memory_read
 from remn.kernels.memory_read import MAX_FUSED_TOP_K
 
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-# bf16 only on CUDA: the interpreter's bf16 arithmetic is not meaningful.
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
-needs_cuda = pytest.mark.skipif(not CUDA, reason="real sizes need CUDA (too slow for the interpreter)")
+from kernel_testing import CUDA, DEVICE, DTYPES, needs_cuda, random_normal, rounding_floor
 
 
-def rounding_floor(dtype, logit_magnitude, out_magnitude):
-    """The error allowed on top of 2 × PyTorch's: a few fp32 ulps of the logits (summation
-    order differs: tiled dots vs einsum, streaming vs one-shot softmax sums), carried through
-    exp into the output, plus one unit of the output dtype's rounding."""
-    logit_ulps = 4.0 * torch.finfo(torch.float32).eps * max(1.0, logit_magnitude)
-    return (logit_ulps + torch.finfo(dtype).eps) * max(1.0, out_magnitude)
 
 
 def make_inputs(batch, objects, key_dim, value_dim, queries, keys, dtype=torch.float32, bias="finite", generator=None):
@@ -39,14 +27,9 @@ def make_inputs(batch, objects, key_dim, value_dim, queries, keys, dtype=torch.f
     bias: "none", "finite" (log-gates ≤ 0), "neg_inf" (about a third of the keys excluded
     by −inf, key 0 always kept) or "all_neg_inf" (every key of batch entry 0 excluded).
     """
-    def randn(*shape):
-        if generator is None:  # drawn on the device: real sizes are large
-            return torch.randn(*shape, device=DEVICE).to(dtype)
-        return torch.randn(*shape, generator=generator).to(DEVICE, dtype)
-
-    query_key = randn(batch, key_dim, queries)
-    memory_key = randn(batch, key_dim, keys)
-    memory_value = randn(batch, objects, value_dim, keys)
+    query_key = random_normal((batch, key_dim, queries), dtype, generator)
+    memory_key = random_normal((batch, key_dim, keys), dtype, generator)
+    memory_value = random_normal((batch, objects, value_dim, keys), dtype, generator)
     if bias == "none":
         return query_key, memory_key, memory_value, None
     key_bias = -torch.rand(batch, keys, generator=generator) * 3.0  # [B, M]

@@ -22,14 +22,7 @@ from remn.inference.rde_memory import ANNOTATED, EMBEDDING, LAST
 HEIGHT, WIDTH = 48, 40  # not powers of two; keys at 3 × 3 (padded to 48 × 48 / 16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads that wait on each other
-    make these tiny convolutions many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,7 @@ FAST = ["--config", "tiny", "--no-fused", "--size", "0", "--no-progress", "--dev
 CUSTOM_PALETTE = np.array([[0, 0, 0], [10, 200, 30], [250, 20, 90], [0, 90, 255]], dtype=np.uint8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads that wait on each other
-    make these tiny convolutions many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from remn.config import MEMORY_MODES, PRESETS as MODEL_PRESETS
+from remn.config import MEMORY_MODES, PRESETS as MODEL_PRESETS, resolve_preset
 
 UPDATE_POLICIES = ("adaptive", "every")
 AMP_DTYPES = (None, "bf16", "fp16")
@@ -134,24 +134,4 @@ PRESETS: dict[str, InferenceConfig] = {
 
 def resolve_inference_config(config: str | InferenceConfig | dict = "remn", **overrides) -> InferenceConfig:
     """A preset name, an InferenceConfig or a dict, with field overrides applied."""
-    if isinstance(config, InferenceConfig):
-        base = config
-    elif isinstance(config, dict):
-        known = {f.name for f in dataclasses.fields(InferenceConfig)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown InferenceConfig fields: {unknown}")
-        base = InferenceConfig(**config)
-    elif isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown inference preset {config!r}; presets: {sorted(PRESETS)}")
-        base = PRESETS[config]
-    else:
-        raise TypeError(f"config must be a preset name, an InferenceConfig or a dict, got {type(config).__name__}")
-    if overrides:
-        known = {f.name for f in dataclasses.fields(InferenceConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown InferenceConfig fields: {unknown}")
-        base = dataclasses.replace(base, **overrides)
-    return base
+    return resolve_preset(config, InferenceConfig, PRESETS, "inference preset", **overrides)
