@@ -20,13 +20,24 @@ from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
 
 
+# memory mode → (model preset, model overrides, inference preset) for the full and the quick run
+MEMORY_MODES = {
+    "remn": {"full": ("remn", {}, "remn"), "quick": ("tiny", {}, "tiny")},
+    "rde": {"full": ("rde", {}, "rde"),
+            "quick": ("tiny", {"memory": "rde", "gate": False, "local_attention": False}, "rde")},
+}
+
+
 def settings(device: torch.device, quick: bool):
-    """(config, (H, W), objects, amp, fused, adaptive)."""
+    """(memory mode, (H, W), objects, amp, fused, adaptive); RDE memorises every 3rd frame."""
     if quick:
-        return [("tiny", (64, 96), o, None, True, adaptive) for o in (1, 2) for adaptive in (True, False)]
+        rows = [("remn", (64, 96), o, None, True, adaptive) for o in (1, 2) for adaptive in (True, False)]
+        return rows + [("rde", (64, 96), 2, None, True, False)]
     precisions = (None, "bf16") if device.type == "cuda" else (None,)
-    return [("remn", (480, 854), o, amp, fused, adaptive)
+    rows = [("remn", (480, 854), o, amp, fused, adaptive)
             for o in (1, 2, 4) for amp in precisions for fused in (True, False) for adaptive in (True, False)]
+    return rows + [("rde", (480, 854), o, amp, fused, False) for o in (1, 2, 4) for amp in precisions
+                   for fused in (True, False)]
 
 
 @contextmanager
@@ -73,23 +84,24 @@ def run(device: torch.device, quick: bool) -> list[dict]:
     num_frames = 6 if quick else 60
     results = []
     models = {}
-    for config, size, objects, amp, fused, adaptive in settings(device, quick):
+    for memory, size, objects, amp, fused, adaptive in settings(device, quick):
         frames, masks = make_clip(seed=3, num_frames=num_frames, height=size[0], width=size[1], num_objects=objects)
         frames_on_device = [torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in frames]
-        key = (config, fused)
+        config, model_overrides, preset = MEMORY_MODES[memory]["quick" if quick else "full"]
+        key = (memory, fused)
         if key not in models:
             torch.manual_seed(0)
-            models[key] = remn.build_model(fused=fused, config=config, device=device)
+            models[key] = remn.build_model(fused=fused, config=config, device=device, **model_overrides)
         model = models[key]
-        policy = {} if adaptive else {"update": "every", "mem_every": 5}
-        inference = resolve_inference_config(config, size=None, amp=amp, **policy)
+        policy = {} if adaptive or memory == "rde" else {"update": "every", "mem_every": 5}
+        inference = resolve_inference_config(preset, size=None, amp=amp, **policy)
         segmenter = Segmenter(model, inference)
         segment_clip(segmenter, frames_on_device[:3], masks[0])  # warm-up (kernel compilation, autotuning)
         report = segment_clip(segmenter, frames_on_device, masks[0])
         with stage_timers(model, device) as totals:
             segment_clip(segmenter, frames_on_device, masks[0])
         results.append({
-            "config": config, "size": f"{size[1]}x{size[0]}", "objects": objects, "precision": amp or "fp32",
+            "memory": memory, "config": config, "size": f"{size[1]}x{size[0]}", "objects": objects, "precision": amp or "fp32",
             "fused": fused, "adaptive": adaptive, "frames": report.frames, "fps": report.fps,
             "memory_frames": report.peak_memory_frames,
             **{f"{stage}_ms": total / num_frames for stage, total in totals.items()},

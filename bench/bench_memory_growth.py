@@ -1,5 +1,5 @@
-"""Memory vs video length: REMN's bounded, preallocated bank against a naive keep-every-5th
-memory (STCN's policy, unbounded) on the same frames.
+"""Memory vs video length: REMN's bounded, preallocated bank and RDE's recurrent embedding
+against a naive keep-every-5th memory (STCN's policy, unbounded) on the same frames.
 
 Peak device memory (`torch.cuda.max_memory_allocated`), the device-level figure from NVML
 and the host's resident set size, for each length. A short synthetic clip is played back
@@ -17,9 +17,11 @@ from common import NvmlSampler, host_rss_bytes, synchronize
 from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
 
+# policy → (model overrides, inference preset or None for the model's own, inference overrides)
 POLICIES = {
-    "remn dynamic bank": {},
-    "every 5th, unbounded (STCN)": {"update": "every", "mem_every": 5, "capacity": None, "gate": False},
+    "remn dynamic bank": ({}, None, {}),
+    "rde recurrent embedding": ({"memory": "rde", "gate": False, "local_attention": False}, "rde", {}),
+    "every 5th, unbounded (STCN)": ({}, None, {"update": "every", "mem_every": 5, "capacity": None, "gate": False}),
 }
 
 
@@ -29,13 +31,13 @@ def run(device: torch.device, quick: bool) -> list[dict]:
     frames, masks = make_clip(seed=5, num_frames=24, height=size[0], width=size[1], num_objects=2)
     clip = [torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in frames]
     clip = clip + clip[-2:0:-1]  # back and forth: no jump at the loop point
-    torch.manual_seed(0)
-    model = remn.build_model(config=config, device=device)
     nvml = NvmlSampler(device)
     results = []
-    for policy, overrides in POLICIES.items():
+    for policy, (model_overrides, preset, overrides) in POLICIES.items():
+        torch.manual_seed(0)
+        model = remn.build_model(config=config, device=device, **model_overrides)
         for length in lengths:
-            segmenter = Segmenter(model, resolve_inference_config(config, size=None, **overrides))
+            segmenter = Segmenter(model, resolve_inference_config(preset or config, size=None, **overrides))
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)

@@ -51,9 +51,9 @@ def print_tables(results: dict) -> None:
         print(format_table(*_kernel_rows(results["local_attention"], ("case", "O", "radius", "dtype"))))
     if results.get("end_to_end"):
         print("\n== end to end ==")
-        headers = ["config", "size", "objects", "precision", "fused", "adaptive", "FPS", "encode ms", "read ms",
-                   "local ms", "decode ms", "memory frames"]
-        rows = [[e.get(h.replace(" ", "_")) for h in ("config", "size", "objects", "precision", "fused", "adaptive")]
+        headers = ["memory", "config", "size", "objects", "precision", "fused", "adaptive", "FPS", "encode ms",
+                   "read ms", "local ms", "decode ms", "memory frames"]
+        rows = [[e.get(h) for h in ("memory", "config", "size", "objects", "precision", "fused", "adaptive")]
                 + [e.get("fps"), e.get("encode_ms"), e.get("read_ms"), e.get("local_ms"), e.get("decode_ms"),
                    e.get("memory_frames")] for e in results["end_to_end"]]
         print(format_table(headers, rows))
@@ -85,7 +85,8 @@ def write_plot(results: dict, path: Path) -> Path | None:
     figure, (fps_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4))
     series: dict[str, list[tuple[int, float]]] = {}
     for entry in results.get("end_to_end") or []:
-        label = f"{'fused' if entry['fused'] else 'reference'} {entry['precision']}" + ("" if entry["adaptive"] else " every-frame")
+        label = f"{entry['memory']} {'fused' if entry['fused'] else 'reference'} {entry['precision']}" + (
+            "" if entry["adaptive"] or entry["memory"] == "rde" else " every-5th")
         series.setdefault(label, []).append((entry["objects"], entry["fps"]))
     for label, points in sorted(series.items()):
         points.sort()
