@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from remn.data.collection import SequenceCollection
 from remn.data.palette import VOID_ID, image_size, read_annotation, read_frame
 
 YEARS = (2016, 2017)
@@ -128,7 +129,7 @@ def _list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     )
 
 
-class DavisDataset:
+class DavisDataset(SequenceCollection[DavisSequence]):
     """The sequences of one DAVIS split: `dataset[i]`, `dataset["bike-packing"]`, iteration.
 
     root: folder holding JPEGImages/, Annotations/ and ImageSets/; year: 2016 or 2017.
@@ -159,8 +160,7 @@ class DavisDataset:
             raise ValueError(f"split file {split_file} lists no sequences")
         frame_root = self.root / "JPEGImages" / resolution
         annotation_root = self.root / "Annotations" / resolution
-        self.sequences = [self._scan(name, frame_root, annotation_root) for name in names]
-        self._by_name = {seq.name: seq for seq in self.sequences}
+        self._set_sequences([self._scan(name, frame_root, annotation_root) for name in names])
 
     def _scan(self, name: str, frame_root: Path, annotation_root: Path) -> DavisSequence:
         frames = _list_files(frame_root / name, FRAME_SUFFIXES)
@@ -181,22 +181,8 @@ class DavisDataset:
             name, frames, [annotations.get(p.stem) for p in frames], single_object=self.year == 2016
         )
 
-    @property
-    def names(self) -> list[str]:
-        return [seq.name for seq in self.sequences]
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def __iter__(self) -> Iterator[DavisSequence]:
-        return iter(self.sequences)
-
-    def __getitem__(self, key: int | str) -> DavisSequence:
-        if isinstance(key, str):
-            if key not in self._by_name:
-                raise KeyError(f"no sequence {key!r} in DAVIS {self.year} {self.split}")
-            return self._by_name[key]
-        return self.sequences[key]
+    def _describe(self) -> str:
+        return f"DAVIS {self.year} {self.split}"
 
     def __repr__(self) -> str:
         return (

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from remn.data.atomic import atomic_path
+from remn.data.collection import SequenceCollection
 from remn.data.palette import VOID_ID, read_annotation, read_frame
 
 
@@ -91,7 +92,7 @@ def _parse_objects(name: str, video: dict, meta_path: Path) -> dict[int, tuple[s
     return parsed
 
 
-class YouTubeVOSDataset:
+class YouTubeVOSDataset(SequenceCollection[YouTubeSequence]):
     """The videos of one YouTube-VOS split (sorted by name): indexing, iteration, by name."""
 
     def __init__(self, root, split: str = "valid"):
@@ -108,8 +109,7 @@ class YouTubeVOSDataset:
         videos = meta.get("videos") if isinstance(meta, dict) else None
         if not isinstance(videos, dict):
             raise ValueError(f"{meta_path} has no 'videos' mapping")
-        self.sequences = [self._scan(base, name, videos[name], meta_path) for name in sorted(videos)]
-        self._by_name = {seq.name: seq for seq in self.sequences}
+        self._set_sequences([self._scan(base, name, videos[name], meta_path) for name in sorted(videos)])
 
     @staticmethod
     def _scan(base: Path, name: str, video: dict, meta_path: Path) -> YouTubeSequence:
@@ -138,22 +138,8 @@ class YouTubeVOSDataset:
             starts.append(ObjectStart(position[frame_name], frame_name, tuple(sorted(ids)), annotation))
         return YouTubeSequence(name, frame_names, tuple(frame_paths), tuple(starts), objects)
 
-    @property
-    def names(self) -> list[str]:
-        return [seq.name for seq in self.sequences]
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def __iter__(self) -> Iterator[YouTubeSequence]:
-        return iter(self.sequences)
-
-    def __getitem__(self, key: int | str) -> YouTubeSequence:
-        if isinstance(key, str):
-            if key not in self._by_name:
-                raise KeyError(f"no video {key!r} in YouTube-VOS {self.split}")
-            return self._by_name[key]
-        return self.sequences[key]
+    def _describe(self) -> str:
+        return f"YouTube-VOS {self.split}"
 
 
 def write_youtube_submission(results_dir, zip_path) -> Path:
