@@ -57,6 +57,12 @@ def print_tables(results: dict) -> None:
                 + [e.get("fps"), e.get("encode_ms"), e.get("read_ms"), e.get("local_ms"), e.get("decode_ms"),
                    e.get("memory_frames")] for e in results["end_to_end"]]
         print(format_table(headers, rows))
+    if results.get("high_resolution"):
+        print("\n== high resolution, full memory ==")
+        headers = ["config", "size", "memory frames", "objects", "precision", "fused", "FPS", "peak alloc MB", "error"]
+        rows = [[e["config"], e["size"], e["memory_frames"], e["objects"], e["precision"], e["fused"], e.get("fps"),
+                 _mb(e.get("peak_allocated")), e.get("error")] for e in results["high_resolution"]]
+        print(format_table(headers, rows))
     if results.get("memory_growth"):
         print("\n== memory vs video length ==")
         headers = ["policy", "frames", "memory frames", "peak alloc MB", "NVML used MB", "host RSS MB", "FPS"]

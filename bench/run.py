@@ -4,7 +4,7 @@
     python bench/run.py --quick    # reference path, tiny sizes: under a minute on a 2-core CPU
 
 Sections: kernel microbenchmarks (memory read, local attention), end-to-end segmentation
-speed, memory vs video length, evaluation speed. Prints tables, writes a JSON with every
+speed, 1080p with T = 20 memory frames, memory vs video length, evaluation speed. Prints tables, writes a JSON with every
 figure (device, versions, git commit, date) and a plot under bench/results/.
 """
 from __future__ import annotations
@@ -21,13 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_end_to_end  # noqa: E402
 import bench_evaluate  # noqa: E402
+import bench_high_resolution  # noqa: E402
 import bench_local_attention  # noqa: E402
 import bench_memory_growth  # noqa: E402
 import bench_memory_read  # noqa: E402
 from common import REPO, environment  # noqa: E402
 from report import print_tables, write_plot  # noqa: E402
 
-SECTIONS = ("memory_read", "local_attention", "end_to_end", "memory_growth", "evaluate")
+SECTIONS = ("memory_read", "local_attention", "end_to_end", "high_resolution", "memory_growth", "evaluate")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -59,6 +60,7 @@ def main(argv=None) -> int:
         "memory_read": lambda: bench_memory_read.run(device, dtype, args.quick, repeats),
         "local_attention": lambda: bench_local_attention.run(device, dtype, args.quick, repeats),
         "end_to_end": lambda: bench_end_to_end.run(device, args.quick),
+        "high_resolution": lambda: bench_high_resolution.run(device, args.quick),
         "memory_growth": lambda: bench_memory_growth.run(device, args.quick),
         "evaluate": lambda: bench_evaluate.run(args.quick),
     }

@@ -18,9 +18,13 @@ def test_quick_benchmark_writes_results(tmp_path):
     assert {row["objects"] for row in results["end_to_end"]} == {1, 2}
     assert {row["memory"] for row in results["end_to_end"]} == {"remn", "rde"}
     assert all(row["fps"] > 0 for row in results["end_to_end"])
+    high = results["high_resolution"]
+    assert {row["fused"] for row in high} == {True, False}
+    assert all(row["fps"] > 0 and row["memory_frames_read"] == row["memory_frames"] for row in high)
     bank = [row for row in results["memory_growth"] if row["policy"] == "remn dynamic bank"]
     assert max(row["memory_frames"] for row in bank) <= 20  # the preset's capacity
     rde = [row for row in results["memory_growth"] if row["policy"] == "rde recurrent embedding"]
     assert rde and all(row["memory_frames"] <= 3 for row in rde)  # embedding, last, annotated
     assert results["evaluate"]["speedup"] > 0
     assert "== memory read ==" in done.stdout and "== end to end ==" in done.stdout
+    assert "== high resolution, full memory ==" in done.stdout
