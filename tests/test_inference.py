@@ -179,10 +179,10 @@ def test_unbounded_bank_grows_by_doubling():
 
 def test_mask_change():
     a = torch.tensor([[0, 1], [2, 2]])
-    assert mask_change(a, a, 2) == 0.0
+    assert mask_change(a, a, 2).item() == 0.0
     b = torch.tensor([[0, 1], [1, 2]])  # object 1: IoU 1/2; object 2: IoU 1/2
-    assert mask_change(b, a, 2) == pytest.approx(0.5)
-    assert mask_change(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long), 3) == 0.0
+    assert mask_change(b, a, 2).item() == pytest.approx(0.5)
+    assert mask_change(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long), 3).item() == 0.0
 
 
 def test_adaptive_update_skips_static_frames_and_respects_max_gap(model):
@@ -253,3 +253,46 @@ def test_presets_and_config_checks():
             resolve_inference_config("remn", **bad)
     with pytest.raises(ValueError, match="unknown inference preset"):
         resolve_inference_config("xmem")
+
+
+# ----------------------------------------------------------------------------- no host waits
+def test_decisions_reach_the_host_one_frame_later_with_the_same_outcome(model, clip):
+    """A frame's memory decision is read when the next frame's read begins; the memory
+    that read sees, and the statistics, are those of deciding at once."""
+    frames, masks = clip
+    segmenter = Segmenter(model, tiny(change_threshold=0.02, max_gap=3))
+    results = []
+    for t, frame in enumerate(frames):
+        results.append(segmenter.step(frame, masks[0] if t == 0 else None))
+        # After step t the bank holds frames chosen up to t − 1, the latest of them last.
+        chosen_before = [r.index for r in results[:-1] if r.memorised]
+        if t >= 1:
+            bank = segmenter.memory.bank.frames
+            assert set(bank) <= set(chosen_before) and bank[-1] == chosen_before[-1]
+    report = segmenter.report("clip")
+    chosen = sum(r.memorised for r in results)
+    assert report.memorised == chosen - results[-1].memorised  # the last chosen frame is never encoded
+    assert report.memorised + report.skipped + results[-1].memorised == len(frames)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device synchronisation exists only on CUDA")
+@pytest.mark.parametrize("preset", ["remn", "rde"])
+def test_steps_never_synchronise_the_gpu(preset):
+    """After warm-up (Triton autotuning benchmarks, annotated frames check their ids) a step
+    queues its work without a stream/device synchronisation or a blocking copy. The
+    deferred reads wait on an event only, which the sync-debug mode allows."""
+    torch.manual_seed(0)
+    model = remn.build_model(config=preset, device="cuda")
+    frames, masks = make_clip(4, num_frames=12, height=240, width=432, num_objects=2)
+    segmenter = Segmenter(model, resolve_inference_config(preset, amp="bf16"))
+    segmenter.step(frames[0], masks[0])
+    for frame in frames[1:6]:
+        segmenter.step(frame)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for frame in frames[6:]:
+            segmenter.step(frame)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert segmenter.report("no sync").frames == len(frames)

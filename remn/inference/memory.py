@@ -6,7 +6,8 @@ recurrent dynamic embedding, `remn.inference.rde_memory`) is the other one in `M
 
 FrameBankMemory's policy, all of it in this file:
 
-- What enters. After each frame the update policy decides (`observe`):
+- What enters. After each frame the update policy decides (`observe`, returning a
+  `Decision`):
   * annotated frames always enter; the frame that introduces an object group (the first
     annotated frame included) is protected: it is never removed;
   * update="every" (STCN): frames whose distance to the first annotated frame is a
@@ -18,6 +19,11 @@ FrameBankMemory's policy, all of it in this file:
   A chosen frame is encoded (`encode_value` with the soft probabilities of the aggregated
   prediction, as STCN does) when the next frame arrives, so the last frame of a video is
   never encoded for nothing.
+- When the host learns the outcome. Nothing in a step waits for the GPU: the mask change
+  and the gate scores stay on the device and are copied to the host without blocking
+  (`remn.inference.host`). They are read when the next frame's read begins
+  (`resolve_pending`), after that frame's key encoder is queued, so the GPU stays busy
+  while the host waits; the memory a frame reads is exactly what deciding at once gives.
 - What is read. Every object group reads the memory frames from its entry frame on (the
   bank keeps frames in time order and the entry frame is protected, so that is a suffix of
   the bank, read as a view); the groups' per-object probabilities are then soft-aggregated
@@ -43,6 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from remn.inference.config import InferenceConfig
+from remn.inference.host import Decision, HostCopy, to_device
 from remn.inference.objects import ObjectGroup
 from remn.model.masks import soft_aggregate
 from remn.model.network import FrameFeatures
@@ -64,7 +71,8 @@ class MemoryManager(ABC):
     """What the per-frame core needs from a memory.
 
     Per frame the core calls `segment` (unless no object is tracked yet), then
-    `add_group` for objects first annotated on this frame, then `observe` once.
+    `add_group` for objects first annotated on this frame, then `observe` once;
+    `resolve_pending` settles the statistics at the end of a video.
     """
 
     def __init__(self, model, config: InferenceConfig):
@@ -85,9 +93,12 @@ class MemoryManager(ABC):
         [1, O, h, w]) of the previous frame for the local attention branch, or None."""
 
     @abstractmethod
-    def observe(self, frame_index: int, features: FrameFeatures, probs: torch.Tensor, *, annotated: bool) -> bool:
+    def observe(self, frame_index: int, features: FrameFeatures, probs: torch.Tensor, *, annotated: bool) -> Decision:
         """The frame's final probabilities [1, O+1, h, w]; annotated: the frame had a mask.
-        Returns whether the frame goes into memory."""
+        Returns whether the frame goes into memory (its `get()` may wait for the device)."""
+
+    def resolve_pending(self) -> None:
+        """Apply what the device decided about the last frame (its host copies are read)."""
 
 
 # ----------------------------------------------------------------------------- storage
@@ -160,7 +171,7 @@ class FrameBank:
             raise RuntimeError("a protected memory frame cannot be removed")
         gone = set(slots)
         keep = [s for s in range(len(self)) if s not in gone]
-        index = torch.tensor(keep, dtype=torch.long, device=self.keys.device)
+        index = to_device(torch.tensor(keep, dtype=torch.long), self.keys.device)
         self.keys[:, :, : len(keep)] = self.keys.index_select(2, index)  # gather into a temporary, then in place
         for buffer in self.values:
             if buffer is not None:
@@ -183,17 +194,18 @@ class FrameBank:
 
 
 # ----------------------------------------------------------------------------- policy
-def mask_change(labels: torch.Tensor, reference: torch.Tensor, num_objects: int) -> float:
+def mask_change(labels: torch.Tensor, reference: torch.Tensor, num_objects: int) -> torch.Tensor:
     """max over objects o = 1..O of 1 − IoU(labels == o, reference == o); labels, reference
-    [h, w] channel indices (0 background). IoU of two empty masks is 1."""
+    [h, w] channel indices (0 background); a 0-dim float tensor on their device. IoU of two
+    empty masks is 1."""
     if num_objects == 0:
-        return 0.0
+        return labels.new_zeros((), dtype=torch.float)
     channels = torch.arange(1, num_objects + 1, device=labels.device)[:, None, None]  # [O, 1, 1]
     now, before = labels[None] == channels, reference[None] == channels  # [O, h, w] each
     intersection = (now & before).flatten(1).sum(1)  # [O]
     union = (now | before).flatten(1).sum(1)  # [O]
     iou = torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union, dtype=torch.float))
-    return float((1 - iou).max())
+    return (1 - iou).max()
 
 
 @dataclass
@@ -202,6 +214,9 @@ class _Pending:
     object_probs: torch.Tensor  # [1, O, h, w]
     frame: int
     protected: bool
+    decision: Decision  # whether the frame enters memory
+    labels: torch.Tensor | None  # adaptive update: its channel labels [h, w], the next change's reference
+    resolved: bool = False  # decision read and applied to the policy state
 
 
 class FrameBankMemory(MemoryManager):
@@ -212,6 +227,7 @@ class FrameBankMemory(MemoryManager):
         self.bank = FrameBank(config.capacity)
         self.groups: list[ObjectGroup] = []
         self._pending: _Pending | None = None
+        self._gate_scores: HostCopy | None = None  # the last read's gate scores [T], not applied yet
         self._entry_frames: set[int] = set()
         self._first_frame: int | None = None
         self._last_frame: int | None = None  # last frame chosen for memory
@@ -229,6 +245,7 @@ class FrameBankMemory(MemoryManager):
 
     # ------------------------------------------------------------------ read
     def segment(self, features, previous):
+        self.resolve_pending()
         self._commit()
         if not self.groups or len(self.bank) == 0:
             raise RuntimeError("the memory is empty: the first annotated frame must be observed before a read")
@@ -240,7 +257,8 @@ class FrameBankMemory(MemoryManager):
             outputs.append(
                 self.model.segment(features, keys, values, previous=group_previous, top_k=self.config.top_k)
             )
-        self._update_gate(outputs[0].gate_log_scores)  # group 0 entered first: it reads every slot
+        if self._gated() and outputs[0].gate_log_scores is not None:  # group 0 entered first: it reads every slot
+            self._gate_scores = HostCopy(outputs[0].gate_log_scores[0].float().exp())  # [T] in (0, 1]
         if len(outputs) == 1:
             return outputs[0].probs  # [1, O+1, h, w]
         # Each group aggregated its own objects; recover their probabilities (sigmoid of the
@@ -252,28 +270,40 @@ class FrameBankMemory(MemoryManager):
     def observe(self, frame_index, features, probs, *, annotated):
         if self._first_frame is None:
             raise RuntimeError("observe before any object group was added")
-        labels = None
+        self.resolve_pending()  # the previous frame's decision sets the reference for this one
+        labels = probs[0].argmax(dim=0) if self.config.update == "adaptive" else None  # [h, w] channel indices
         if annotated:
-            chosen = True
+            decision = Decision(True)
         elif self.config.update == "every":
-            chosen = (frame_index - self._first_frame) % self.config.mem_every == 0
-        else:
-            labels = probs[0].argmax(dim=0)  # [h, w] channel indices
-            gap = frame_index - self._last_frame
-            chosen = gap >= self.config.max_gap or (
-                mask_change(labels, self._last_labels, probs.shape[1] - 1) > self.config.change_threshold
-            )
-        if not chosen:
+            decision = Decision((frame_index - self._first_frame) % self.config.mem_every == 0)
+        elif frame_index - self._last_frame >= self.config.max_gap:
+            decision = Decision(True)
+        else:  # decided on the device; read a frame later
+            change = mask_change(labels, self._last_labels, probs.shape[1] - 1)
+            decision = Decision(change > self.config.change_threshold)
+        self._pending = _Pending(features, probs[:, 1:], frame_index, frame_index in self._entry_frames,
+                                 decision, labels)
+        return decision
+
+    def resolve_pending(self) -> None:
+        """Apply the last read's gate scores, then the last observed frame's decision."""
+        if self._gate_scores is not None:
+            scores, self._gate_scores = self._gate_scores.get().tolist(), None
+            self._update_gate(scores)
+        pending = self._pending
+        if pending is None or pending.resolved:
+            return
+        pending.resolved = True
+        if not pending.decision.get():
             self.stats.skipped += 1
-            return False
-        if self.config.update == "adaptive":
-            self._last_labels = probs[0].argmax(dim=0) if labels is None else labels
-        self._last_frame = frame_index
-        self._pending = _Pending(features, probs[:, 1:], frame_index, frame_index in self._entry_frames)
-        return True
+            self._pending = None
+            return
+        self._last_frame = pending.frame
+        if pending.labels is not None:
+            self._last_labels = pending.labels
 
     def _commit(self) -> None:
-        """Encode the frame chosen last time and put it into the bank."""
+        """Encode the frame chosen last time and put it into the bank (after `resolve_pending`)."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -289,10 +319,8 @@ class FrameBankMemory(MemoryManager):
     def _gated(self) -> bool:
         return self.config.gate and getattr(self.model, "gate", None) is not None
 
-    def _update_gate(self, gate_log_scores: torch.Tensor | None) -> None:
-        if gate_log_scores is None or not self._gated():
-            return
-        scores = gate_log_scores[0].float().exp().tolist()  # [T] in (0, 1]
+    def _update_gate(self, scores: list[float]) -> None:
+        """Fold one read's gate scores (one per used slot, in (0, 1]) into the EMAs; drop."""
         momentum = self.config.gate_momentum
         for slot, score in enumerate(scores):
             old = self.bank.scores[slot]

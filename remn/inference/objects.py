@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from remn.inference.host import to_device
 from remn.model.masks import labels_to_masks
 
 
@@ -49,6 +50,7 @@ class ObjectManager:
         self._ids: list[int] = []
         self._channel: dict[int, int] = {}
         self.groups: list[ObjectGroup] = []
+        self._ids_on_device: torch.Tensor | None = None  # ids_tensor's cache; ids only grow, so a length change means new ids
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -58,6 +60,13 @@ class ObjectManager:
     @property
     def num_objects(self) -> int:
         return len(self._ids)
+
+    def ids_tensor(self, device: torch.device) -> torch.Tensor:
+        """Tracked ids in channel order as int64 [O] on `device`, copied there once per change."""
+        cached = self._ids_on_device
+        if cached is None or cached.device != device or len(cached) != len(self._ids):
+            self._ids_on_device = to_device(torch.tensor(self._ids, dtype=torch.long), device)
+        return self._ids_on_device
 
     def channels(self, ids: Sequence[int]) -> list[int]:
         return [self._channel[int(i)] for i in ids]

@@ -62,6 +62,7 @@ from dataclasses import dataclass
 import torch
 
 from remn.inference.config import InferenceConfig
+from remn.inference.host import Decision
 from remn.inference.memory import MemoryManager
 from remn.inference.objects import ObjectGroup
 from remn.model.masks import soft_aggregate
@@ -152,10 +153,10 @@ class RDEMemory(MemoryManager):
         chosen = annotated or frame_index - self._last_frame >= self.config.mem_every
         if not chosen:
             self.stats.skipped += 1
-            return False
+            return Decision(False)
         self._last_frame = frame_index
         self._pending = _Pending(features, probs[:, 1:], frame_index)
-        return True
+        return Decision(True)  # decided on the host: the schedule needs no device value
 
     def _commit(self) -> None:
         """Encode the frame chosen last time and write it into every group's slots."""

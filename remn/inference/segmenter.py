@@ -7,6 +7,11 @@ annotates; the other objects keep their prediction outside it), let the memory m
 decide whether the frame enters memory, and resize the probabilities back to the input
 size (bilinear) before the argmax. Everything runs under `torch.inference_mode()`, under
 `torch.autocast` when `config.amp` is set on CUDA; the same input gives the same output.
+
+On CUDA a step queues its work and returns without waiting for the GPU: the frame goes up
+through pinned memory, the memory manager reads its device-side decisions a frame later
+(`remn.inference.host`), and the returned tensors are on the device (read them, e.g.
+`labels.cpu()`, when needed). The host waits only on annotated frames, whose ids it checks.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from remn.inference.config import InferenceConfig, resolve_inference_config
+from remn.inference.host import Decision, to_device
 from remn.inference.memory import make_memory_manager
 from remn.inference.objects import ObjectManager
 from remn.model.masks import probs_to_labels, soft_aggregate
@@ -33,7 +39,12 @@ class FrameResult:
     labels: torch.Tensor  # [H, W] int64 object ids at the input size (0 background)
     probs: torch.Tensor  # [O+1, H, W] float32 at the input size, background first, channels in object_ids order
     object_ids: tuple[int, ...]  # the ids of channels 1..O of probs
-    memorised: bool  # the memory manager chose this frame for memory
+    decision: Decision  # the memory manager's choice for this frame
+
+    @property
+    def memorised(self) -> bool:
+        """The memory manager chose this frame for memory (on CUDA this may wait for the step's work)."""
+        return self.decision.get()
 
 
 @dataclass
@@ -99,7 +110,7 @@ class Segmenter:
         self.objects = ObjectManager()
         self.memory = make_memory_manager(self.model, self.config)
         self.frame_index = -1
-        self.seconds = 0.0
+        self.seconds = 0.0  # host time in step(), plus the device's tail at each report()
         self._input_size: tuple[int, int] | None = None
         self._work_size: tuple[int, int] | None = None
         self._previous = None  # (FrameFeatures, object probs [1, O, h, w]) of the last frame
@@ -114,11 +125,11 @@ class Segmenter:
         if frame.dtype == torch.uint8:
             if frame.dim() != 3 or frame.shape[2] != 3:
                 raise ValueError(f"a uint8 frame must be [H, W, 3] RGB, got shape {tuple(frame.shape)}")
-            image = frame.to(self.device).permute(2, 0, 1).float().div_(255)  # [3, H, W]
+            image = to_device(frame, self.device).permute(2, 0, 1).float().div_(255)  # [3, H, W]
         elif frame.is_floating_point():
             if frame.dim() != 3 or frame.shape[0] != 3:
                 raise ValueError(f"a float frame must be [3, H, W] RGB in [0, 1], got shape {tuple(frame.shape)}")
-            image = frame.to(self.device, torch.float32)
+            image = to_device(frame, self.device).float()
         else:
             raise TypeError(f"frame must be uint8 [H, W, 3] or float [3, H, W], got dtype {frame.dtype}")
         return image[None]  # [1, 3, H, W]
@@ -164,8 +175,6 @@ class Segmenter:
         started = time.perf_counter()
         with torch.inference_mode(), self._autocast():
             result = self._step(frame, mask, object_ids)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         self.seconds += time.perf_counter() - started
         return result
 
@@ -206,13 +215,20 @@ class Segmenter:
             )[0]  # [O+1, H, W]
         else:
             full = self._resize(probs.float(), self._input_size)[0]  # [O+1, H, W]
-        memorised = self.memory.observe(frame_index, features, probs, annotated=annotated)
+        decision = self.memory.observe(frame_index, features, probs, annotated=annotated)
         self._previous = (features, probs[:, 1:])
-        labels = probs_to_labels(full, self.objects.ids)  # [H, W]
-        return FrameResult(frame_index, labels, full, self.objects.ids, memorised)
+        labels = probs_to_labels(full, self.objects.ids_tensor(self.device))  # [H, W]
+        return FrameResult(frame_index, labels, full, self.objects.ids, decision)
 
     # ------------------------------------------------------------------ report
     def report(self, name: str = "") -> VideoReport:
+        """The video so far. Waits for the queued work (its time counts) and settles the last
+        frame's memory decision."""
+        if self.device.type == "cuda":
+            started = time.perf_counter()
+            torch.cuda.synchronize(self.device)
+            self.seconds += time.perf_counter() - started
+        self.memory.resolve_pending()
         stats = self.memory.stats
         return VideoReport(
             name=name,

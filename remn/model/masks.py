@@ -40,9 +40,16 @@ def labels_to_masks(labels: torch.Tensor, object_ids: Sequence[int]) -> torch.Te
     return masks.float()
 
 
-def probs_to_labels(probs: torch.Tensor, object_ids: Sequence[int]) -> torch.Tensor:
-    """probs [..., O+1, H, W] (background first) → label map [..., H, W] of object ids (int64)."""
+def probs_to_labels(probs: torch.Tensor, object_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """probs [..., O+1, H, W] (background first) → label map [..., H, W] of object ids (int64).
+
+    object_ids: the ids of channels 1..O, a sequence or an int64 tensor [O] already on
+    probs' device (no host-to-device copy per call).
+    """
     if probs.shape[-3] != len(object_ids) + 1:
         raise ValueError(f"probs has {probs.shape[-3]} channels, expected background + {len(object_ids)} objects")
-    lookup = torch.tensor([0] + [int(i) for i in object_ids], dtype=torch.long, device=probs.device)  # [O+1]
+    if isinstance(object_ids, torch.Tensor):
+        lookup = torch.cat([object_ids.new_zeros(1), object_ids])  # [O+1]
+    else:
+        lookup = torch.tensor([0] + [int(i) for i in object_ids], dtype=torch.long, device=probs.device)  # [O+1]
     return lookup[probs.argmax(dim=-3)]
