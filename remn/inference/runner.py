@@ -25,6 +25,8 @@ from tqdm import tqdm
 from remn.data.davis import DavisDataset, merge_objects
 from remn.data.palette import VOID_ID, read_annotation
 from remn.data.youtube import YouTubeVOSDataset
+from remn.inference.host import HostCopy
+from remn.inference.pipeline import BackgroundWriter, Prefetcher
 from remn.inference.segmenter import Segmenter, VideoReport
 from remn.inference.video import (
     OVERLAY_FOLDER,
@@ -35,6 +37,9 @@ from remn.inference.video import (
     write_labels,
     write_overlay,
 )
+
+PREFETCH_FRAMES = 4  # frames decoded ahead of the model
+WRITER_THREADS = min(4, os.cpu_count() or 1)  # threads encoding result PNGs and overlays
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,13 @@ def youtube_jobs(root, split: str, output, sequences: list[str] | None = None,
 
 # ----------------------------------------------------------------------------- running
 def run_video(segmenter: Segmenter, job: VideoJob, progress: bool = True) -> VideoReport:
-    """Segment one planned (and checked) job; writes one PNG per frame; returns its report."""
+    """Segment one planned (and checked) job; writes one PNG per frame; returns its report.
+
+    Frames decode on a background thread a few frames ahead and the PNGs (and overlays)
+    are written by background threads (`remn.inference.pipeline`) once each frame's ids
+    reach the host, so file I/O overlaps with the model's steps and the main thread never
+    waits for the GPU; every write has finished when this returns.
+    """
     segmenter.reset()
     if job.palette is None:
         job.check(overwrite=True)
@@ -170,36 +181,48 @@ def run_video(segmenter: Segmenter, job: VideoJob, progress: bool = True) -> Vid
     bar = tqdm(total=job.source.count, desc=job.name, unit="frame", leave=False, disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     try:
-        for name, frame in job.source:
-            spec = job.annotations.get(name)
-            mask = ids = None
-            if spec is not None:
-                mask, _ = spec.load()
-                ids = spec.ids
-                if mask.shape != frame.shape[:2]:
-                    raise ValueError(f"{job.name}: annotation {spec.path} is {mask.shape[0]}x{mask.shape[1]} but "
-                                     f"the frames are {frame.shape[0]}x{frame.shape[1]} (HxW)")
-                if ids is None and segmenter.objects.num_objects:
-                    # A later annotation introduces objects; the tracked ones keep their prediction
-                    # (a folder of ground truth for every frame must not leak into the results).
-                    mask = np.where(np.isin(mask, segmenter.objects.ids), 0, mask).astype(np.uint8)
-                    if not mask.any():
-                        mask = None
-            if segmenter.objects.num_objects == 0 and (mask is None or not mask.any()) and not job.first_frame_annotated:
-                labels = np.zeros(frame.shape[:2], dtype=np.uint8)  # no object has started yet
-            else:
-                try:
-                    result = segmenter.step(frame, mask, ids)
-                except ValueError as err:
-                    raise ValueError(f"{job.name}, frame {name}: {err}") from err
-                labels = result.labels.to("cpu", torch.uint8).numpy()  # ids are ≤ 254 (PNG annotations)
-            write_labels(job.output / f"{name}.png", labels, job.palette)
-            if job.overlay_output is not None:
-                write_overlay(job.overlay_output / f"{name}.jpg", frame, labels, job.palette)
-            bar.update(1)
+        with Prefetcher(job.source, depth=PREFETCH_FRAMES) as frames, BackgroundWriter(WRITER_THREADS) as writer:
+            for name, frame in frames:
+                labels = _segment_frame(segmenter, job, name, frame)
+                writer.submit(_write_results, job, name, frame, labels)
+                bar.update(1)
     finally:
         bar.close()
     return segmenter.report(job.name)
+
+
+def _write_results(job: VideoJob, name: str, frame: np.ndarray, labels: HostCopy) -> None:
+    """On a writer thread: the frame's ids as a palette PNG (and its overlay), once on the host."""
+    ids = labels.get().numpy()  # uint8 [H, W]
+    write_labels(job.output / f"{name}.png", ids, job.palette)
+    if job.overlay_output is not None:
+        write_overlay(job.overlay_output / f"{name}.jpg", frame, ids, job.palette)
+
+
+def _segment_frame(segmenter: Segmenter, job: VideoJob, name: str, frame: np.ndarray) -> HostCopy:
+    """One frame of `job` through the segmenter (with its annotation, if any) → its ids
+    uint8 [H, W], on their way to the host."""
+    spec = job.annotations.get(name)
+    mask = ids = None
+    if spec is not None:
+        mask, _ = spec.load()
+        ids = spec.ids
+        if mask.shape != frame.shape[:2]:
+            raise ValueError(f"{job.name}: annotation {spec.path} is {mask.shape[0]}x{mask.shape[1]} but "
+                             f"the frames are {frame.shape[0]}x{frame.shape[1]} (HxW)")
+        if ids is None and segmenter.objects.num_objects:
+            # A later annotation introduces objects; the tracked ones keep their prediction
+            # (a folder of ground truth for every frame must not leak into the results).
+            mask = np.where(np.isin(mask, segmenter.objects.ids), 0, mask).astype(np.uint8)
+            if not mask.any():
+                mask = None
+    if segmenter.objects.num_objects == 0 and (mask is None or not mask.any()) and not job.first_frame_annotated:
+        return HostCopy(torch.zeros(frame.shape[:2], dtype=torch.uint8))  # no object has started yet
+    try:
+        result = segmenter.step(frame, mask, ids)
+    except ValueError as err:
+        raise ValueError(f"{job.name}, frame {name}: {err}") from err
+    return HostCopy(result.labels.to(torch.uint8))  # ids are ≤ 254 (PNG annotations)
 
 
 def summarise(reports: list[VideoReport]) -> str:

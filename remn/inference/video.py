@@ -19,7 +19,6 @@ from remn.data.palette import DAVIS_PALETTE, image_size, read_frame, write_annot
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 OVERLAY_FOLDER = "overlays"
-OVERLAY_ALPHA = 0.5
 
 
 def list_frames(folder: str | os.PathLike) -> list[Path]:
@@ -164,9 +163,8 @@ def write_labels(path: Path, labels: np.ndarray, palette: np.ndarray | None) -> 
 
 
 def write_overlay(path: Path, frame: np.ndarray, labels: np.ndarray, palette: np.ndarray | None) -> None:
-    """The frame with each object tinted in its palette colour, as JPEG, atomically."""
-    colours = np.asarray(DAVIS_PALETTE if palette is None else palette, dtype=np.float32)  # [256, 3]
+    """The frame with each object blended half and half with its palette colour, as JPEG, atomically."""
+    colours = np.asarray(DAVIS_PALETTE if palette is None else palette, dtype=np.uint8)  # [256, 3]
     tint = colours[labels]  # [H, W, 3]
-    foreground = (labels > 0)[..., None]
-    blended = np.where(foreground, (1 - OVERLAY_ALPHA) * frame + OVERLAY_ALPHA * tint, frame)
-    write_frame(path, np.clip(np.rint(blended), 0, 255).astype(np.uint8), quality=90)
+    blended = ((frame.astype(np.uint16) + tint + 1) >> 1).astype(np.uint8)  # rounded mean, in integers
+    write_frame(path, np.where((labels > 0)[..., None], blended, frame), quality=90)
