@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import remn
-from common import synchronize
+from common import progress, synchronize
 from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
 
@@ -84,7 +84,7 @@ def run(device: torch.device, quick: bool) -> list[dict]:
     num_frames = 6 if quick else 60
     results = []
     models = {}
-    for memory, size, objects, amp, fused, adaptive in settings(device, quick):
+    for memory, size, objects, amp, fused, adaptive in progress(settings(device, quick), "end to end"):
         frames, masks = make_clip(seed=3, num_frames=num_frames, height=size[0], width=size[1], num_objects=objects)
         frames_on_device = [torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in frames]
         config, model_overrides, preset = MEMORY_MODES[memory]["quick" if quick else "full"]

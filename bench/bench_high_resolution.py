@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import remn
-from common import synchronize
+from common import progress, synchronize
 from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
 
@@ -67,7 +67,7 @@ def _segment_at_full_memory(segmenter, clip, first_mask, memory_frames, device) 
             segmenter.step(frame)
         synchronize(device)
         started = time.perf_counter()
-        for frame in clip[memory_frames:]:
+        for frame in progress(clip[memory_frames:], "high resolution, timed frames"):
             segmenter.step(frame)
         synchronize(device)
         elapsed = time.perf_counter() - started

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from common import add_speedups, device_peaks, measure_variants
+from common import add_speedups, device_peaks, measure_variants, progress
 from remn import ops, reference
 
 
@@ -43,7 +43,7 @@ def cases(quick: bool):
 def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int) -> list[dict]:
     peaks = device_peaks(device)
     results = []
-    for name, batch, key_dim, value_dim, height, width, objects, radius in cases(quick):
+    for name, batch, key_dim, value_dim, height, width, objects, radius in progress(cases(quick), "local attention"):
         query_key = torch.randn(batch, key_dim, height, width, device=device, dtype=dtype)
         key = torch.randn(batch, key_dim, height, width, device=device, dtype=dtype)
         value = torch.randn(batch, objects, value_dim, height, width, device=device, dtype=dtype)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import remn
-from common import NvmlSampler, host_rss_bytes, synchronize
+from common import NvmlSampler, host_rss_bytes, progress, synchronize
 from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
 
@@ -43,7 +43,7 @@ def run(device: torch.device, quick: bool) -> list[dict]:
                 torch.cuda.reset_peak_memory_stats(device)
             started = time.perf_counter()
             segmenter.step(clip[0], masks[0])
-            for index in range(1, length):
+            for index in progress(range(1, length), f"{policy}, {length} frames"):
                 segmenter.step(clip[index % len(clip)])
                 if index % 50 == 0:
                     nvml.sample()

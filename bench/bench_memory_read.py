@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from common import add_speedups, device_peaks, measure_variants
+from common import add_speedups, device_peaks, measure_variants, progress
 from remn import ops, reference
 
 
@@ -45,7 +45,7 @@ def cases(quick: bool):
 def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int) -> list[dict]:
     peaks = device_peaks(device)
     results = []
-    for name, batch, key_dim, value_dim, num_queries, frames, objects, top_k in cases(quick):
+    for name, batch, key_dim, value_dim, num_queries, frames, objects, top_k in progress(cases(quick), "memory read"):
         num_keys = frames * num_queries
         query_key = torch.randn(batch, key_dim, num_queries, device=device, dtype=dtype)
         memory_key = torch.randn(batch, key_dim, num_keys, device=device, dtype=dtype)

@@ -6,11 +6,13 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,6 +106,11 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 10,
         "ms_p20": samples[int(0.2 * (len(samples) - 1))],
         "ms_p80": samples[int(0.8 * (len(samples) - 1))],
     }
+
+
+def progress(items, desc: str, total: int | None = None):
+    """A progress bar on stderr for a long loop (tqdm; it hides itself when stderr is not a terminal)."""
+    return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
 
 
 def synchronize(device: torch.device) -> None:

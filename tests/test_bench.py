@@ -28,3 +28,19 @@ def test_quick_benchmark_writes_results(tmp_path):
     assert results["evaluate"]["speedup"] > 0
     assert "== memory read ==" in done.stdout and "== end to end ==" in done.stdout
     assert "== high resolution, full memory ==" in done.stdout
+
+
+def test_merge_folds_sections_into_one_file_and_refuses_another_mode(tmp_path):
+    def bench(*args):
+        return subprocess.run([sys.executable, str(BENCH), "--quick", "--output", str(tmp_path), "--tag", "split", *args],
+                              capture_output=True, text=True, timeout=300)
+
+    assert bench("--sections", "evaluate").returncode == 0
+    assert bench("--sections", "local_attention", "--merge").returncode == 0
+    results = json.loads((tmp_path / "split.json").read_text())
+    assert {"evaluate", "local_attention"} <= set(results)
+    assert set(results["section_environments"]) == set(results["section_seconds"]) == {"evaluate", "local_attention"}
+    other_mode = subprocess.run([sys.executable, str(BENCH), "--output", str(tmp_path), "--tag", "split", "--device",
+                                 "cpu", "--sections", "evaluate", "--merge"], capture_output=True, text=True, timeout=300)
+    assert other_mode.returncode == 2 and "cannot merge" in other_mode.stderr
+    assert json.loads((tmp_path / "split.json").read_text()) == results  # untouched
