@@ -7,6 +7,7 @@ Tolerances: `kernel_testing.rounding_floor` (flash-attention's rule).
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -90,14 +91,18 @@ def assert_matches_reference(out, query_key, key, value, radius, key_bias, scale
 
 
 # (B, O, Ck, Cv, H, W, radius, bias): odd maps, pixel and channel tails, radius ≥ map size.
+# Under the interpreter the kernel runs 4×4 query tiles, 16-column key chunks and 16 value
+# channels per program, so these maps also end in partial query tiles on both axes.
 CASES = [
     (1, 1, 4, 3, 5, 7, 0, "none"),
     (1, 2, 8, 5, 6, 7, 1, "object"),
-    (2, 1, 5, 20, 7, 9, 2, "pixel"),
+    (2, 1, 5, 20, 7, 9, 2, "pixel"),  # two value-channel tiles, the second partial
     (1, 3, 16, 7, 4, 9, 3, "neg_inf"),
     (1, 2, 6, 5, 5, 6, 1, "all_neg_inf"),
     (1, 1, 3, 4, 3, 4, 3, "none"),  # window larger than the map
-    (1, 1, 70, 3, 3, 5, 1, "object"),  # Ck over one channel tile
+    (1, 1, 70, 3, 3, 5, 1, "object"),  # Ck over one channel tile (64 + 6)
+    (1, 1, 24, 3, 3, 37, 9, "object"),  # halo rows of up to 22 columns: two key chunks; Ck = 24 (tile 32)
+    (1, 1, 80, 3, 6, 5, 2, "neg_inf"),  # Ck = 64 + 16
 ]
 
 
@@ -119,6 +124,8 @@ def test_large_radius_on_a_tiny_map(radius):
     flat = [t.flatten(-2) for t in (query_key, key, value)]
     global_read = reference.memory_read(*flat, key_bias.flatten(-2)[:, 0])  # [B, O, Cv, H·W]
     torch.testing.assert_close(out.flatten(-2), global_read, rtol=1e-5, atol=1e-6)
+    # A radius past int32 reads the same (the launcher clips it to the map).
+    assert torch.equal(local_attention(query_key, key, value, 2**40, key_bias), out)
 
 
 def test_all_excluded_windows_read_zeros():
@@ -245,6 +252,24 @@ def test_launcher_rejects_cpu_tensors_without_interpreter(monkeypatch):
     query_key, key, value, key_bias = _small()
     with pytest.raises(ValueError, match="need CUDA tensors"):
         local_attention(query_key, key, value, 1, key_bias)
+
+
+@pytest.mark.parametrize("fp32", [False, True], ids=["16bit", "fp32"])
+@pytest.mark.parametrize("sizes", [(30, 54, 512), (3, 5, 8)], ids=["480p", "tiny"])
+def test_cuda_config_pruning(monkeypatch, sizes, fp32):
+    """The CUDA autotuner sees only configs checked spill-free for the operand dtype, and
+    never an empty list (tiles larger than a tiny problem fall back to one such config)."""
+    kernel_module = importlib.import_module("remn.kernels.local_attention")  # the module, not the function
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    height, width, value_dim = sizes
+    kept = kernel_module._prune_configs(
+        kernel_module._CUDA_CONFIGS, {"H": height, "W": width, "CV": value_dim}, QK_FP32=fp32, PV_FP32=fp32,
+    )
+    assert kept
+    if fp32:
+        assert all(kernel_module._fits_fp32(c) for c in kept)
+    if value_dim <= 64:
+        assert all(c.kwargs["BLOCK_V"] == 64 for c in kept)
 
 
 # --- real sizes (CUDA only) --------------------------------------------------------------
