@@ -63,6 +63,12 @@ def print_tables(results: dict) -> None:
         rows = [[e["config"], e["size"], e["memory_frames"], e["objects"], e["precision"], e["fused"], e.get("fps"),
                  _mb(e.get("peak_allocated")), e.get("error")] for e in results["high_resolution"]]
         print(format_table(headers, rows))
+    if results.get("segment"):
+        print("\n== remn segment on files ==")
+        headers = ["config", "size", "frames", "precision", "overlay", "FPS with I/O", "model FPS", "I/O-only FPS"]
+        rows = [[e["config"], e["size"], e["frames"], e["precision"], e["overlay"], e["model_wall_fps"],
+                 e["model_step_fps"], e["io_only_wall_fps"]] for e in results["segment"]]
+        print(format_table(headers, rows))
     if results.get("memory_growth"):
         print("\n== memory vs video length ==")
         headers = ["policy", "frames", "memory frames", "peak alloc MB", "NVML used MB", "host RSS MB", "FPS"]

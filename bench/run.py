@@ -5,10 +5,11 @@
 
     # the full run split over calls (each under 10 minutes), into one results file:
     python bench/run.py --sections memory_read local_attention end_to_end
-    python bench/run.py --sections high_resolution memory_growth evaluate --merge
+    python bench/run.py --sections high_resolution segment memory_growth evaluate --merge
 
 Sections: kernel microbenchmarks (memory read, local attention), end-to-end segmentation
-speed, 1080p with T = 20 memory frames, memory vs video length, evaluation speed. Prints
+speed, 1080p with T = 20 memory frames, `remn segment` on files (with decoding and PNG
+writing), memory vs video length, evaluation speed. Prints
 tables, writes a JSON with every figure (device, versions, git commit and date, per
 section) and a plot under bench/results/.
 """
@@ -30,11 +31,12 @@ import bench_high_resolution  # noqa: E402
 import bench_local_attention  # noqa: E402
 import bench_memory_growth  # noqa: E402
 import bench_memory_read  # noqa: E402
+import bench_segment  # noqa: E402
 from common import REPO, environment  # noqa: E402
 from remn.data.atomic import atomic_path  # noqa: E402
 from report import print_tables, write_plot  # noqa: E402
 
-SECTIONS = ("memory_read", "local_attention", "end_to_end", "high_resolution", "memory_growth", "evaluate")
+SECTIONS = ("memory_read", "local_attention", "end_to_end", "high_resolution", "segment", "memory_growth", "evaluate")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -90,6 +92,7 @@ def main(argv=None) -> int:
         "local_attention": lambda: bench_local_attention.run(device, dtype, args.quick, repeats),
         "end_to_end": lambda: bench_end_to_end.run(device, args.quick),
         "high_resolution": lambda: bench_high_resolution.run(device, args.quick),
+        "segment": lambda: bench_segment.run(device, args.quick),
         "memory_growth": lambda: bench_memory_growth.run(device, args.quick),
         "evaluate": lambda: bench_evaluate.run(args.quick),
     }

@@ -21,6 +21,8 @@ def test_quick_benchmark_writes_results(tmp_path):
     high = results["high_resolution"]
     assert {row["fused"] for row in high} == {True, False}
     assert all(row["fps"] > 0 and row["memory_frames_read"] == row["memory_frames"] for row in high)
+    assert {row["overlay"] for row in results["segment"]} == {False, True}
+    assert all(row["model_wall_fps"] > 0 and row["io_only_wall_fps"] > 0 for row in results["segment"])
     bank = [row for row in results["memory_growth"] if row["policy"] == "remn dynamic bank"]
     assert max(row["memory_frames"] for row in bank) <= 20  # the preset's capacity
     rde = [row for row in results["memory_growth"] if row["policy"] == "rde recurrent embedding"]

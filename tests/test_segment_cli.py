@@ -55,7 +55,7 @@ def test_single_video(video, tmp_path, capsys):
     assert segment(video / "frames", "--mask", video / "first.png", "--output", out, "--overlay", *FAST) == 0
     captured = capsys.readouterr()
     assert "random weights" in captured.err and "meaningless" in captured.err
-    assert "frames: 6 frames" in captured.out and "summary" in captured.out
+    assert "frames: 6 frames" in captured.out and "summary" in captured.out and "with file I/O" in captured.out
     files = pngs(out)
     assert [p.stem for p in files] == [f"frame_{10 + t:03d}" for t in range(FRAMES)]
     for path in files:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -174,6 +175,7 @@ def run_video(segmenter: Segmenter, job: VideoJob, progress: bool = True) -> Vid
     reach the host, so file I/O overlaps with the model's steps and the main thread never
     waits for the GPU; every write has finished when this returns.
     """
+    started = time.perf_counter()
     segmenter.reset()
     if job.palette is None:
         job.check(overwrite=True)
@@ -188,7 +190,9 @@ def run_video(segmenter: Segmenter, job: VideoJob, progress: bool = True) -> Vid
                 bar.update(1)
     finally:
         bar.close()
-    return segmenter.report(job.name)
+    report = segmenter.report(job.name)
+    report.wall_seconds = time.perf_counter() - started
+    return report
 
 
 def _write_results(job: VideoJob, name: str, frame: np.ndarray, labels: HostCopy) -> None:
@@ -228,9 +232,12 @@ def _segment_frame(segmenter: Segmenter, job: VideoJob, name: str, frame: np.nda
 def summarise(reports: list[VideoReport]) -> str:
     frames = sum(r.frames for r in reports)
     seconds = sum(r.seconds for r in reports)
+    wall = sum(r.wall_seconds or 0.0 for r in reports)
     fps = frames / seconds if seconds > 0 else float("nan")
+    with_io = f" ({frames / wall:.1f} with file I/O)" if wall > 0 else ""
     peak = max((r.peak_memory_frames for r in reports), default=0)
-    return (f"{len(reports)} video{'s' if len(reports) != 1 else ''}, {frames} frames, {fps:.1f} FPS overall; memory peak {peak} frames; "
+    return (f"{len(reports)} video{'s' if len(reports) != 1 else ''}, {frames} frames, {fps:.1f} FPS overall{with_io}; "
+            f"memory peak {peak} frames; "
             f"{sum(r.skipped for r in reports)} frames skipped by the update policy, "
             f"{sum(r.gate_dropped for r in reports)} dropped by the gate, {sum(r.evicted for r in reports)} evicted")
 

@@ -59,14 +59,16 @@ class VideoReport:
     evicted: int  # memory frames removed to make room at capacity
     seconds: float  # time spent in step()
     objects: int = 0
+    wall_seconds: float | None = None  # the whole video with its file I/O (set by the dataset runner)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> str:
+        with_io = f" ({self.frames / self.wall_seconds:.1f} with file I/O)" if self.wall_seconds else ""
         return (
-            f"{self.name}: {self.frames} frames, {self.objects} objects, {self.fps:.1f} FPS; memory "
+            f"{self.name}: {self.frames} frames, {self.objects} objects, {self.fps:.1f} FPS{with_io}; memory "
             f"{self.memory_frames} frames (peak {self.peak_memory_frames}), {self.memorised} memorised, "
             f"{self.skipped} skipped by the update policy, {self.gate_dropped} dropped by the gate, "
             f"{self.evicted} evicted at capacity"
