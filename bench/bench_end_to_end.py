@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import remn
-from common import progress, synchronize
+from common import NvmlSampler, progress, synchronize
 from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
 
@@ -84,6 +84,7 @@ def run(device: torch.device, quick: bool) -> list[dict]:
     num_frames = 6 if quick else 60
     results = []
     models = {}
+    nvml = NvmlSampler(device)  # utilisation and power during each timed pass
     for memory, size, objects, amp, fused, adaptive in progress(settings(device, quick), "end to end"):
         frames, masks = make_clip(seed=3, num_frames=num_frames, height=size[0], width=size[1], num_objects=objects)
         frames_on_device = [torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in frames]
@@ -99,13 +100,14 @@ def run(device: torch.device, quick: bool) -> list[dict]:
         # Warm-up over the whole clip: every memory size the timed pass meets has its kernels
         # compiled (Triton specialises sizes divisible by 16) and tuned before the clock runs.
         segment_clip(segmenter, frames_on_device, masks[0])
-        report = segment_clip(segmenter, frames_on_device, masks[0])
+        with nvml:
+            report = segment_clip(segmenter, frames_on_device, masks[0])
         with stage_timers(model, device) as totals:
             segment_clip(segmenter, frames_on_device, masks[0])
         results.append({
             "memory": memory, "config": config, "size": f"{size[1]}x{size[0]}", "objects": objects, "precision": amp or "fp32",
             "fused": fused, "adaptive": adaptive, "frames": report.frames, "fps": report.fps,
-            "memory_frames": report.peak_memory_frames,
+            "memory_frames": report.peak_memory_frames, "nvml": nvml.summary(),
             **{f"{stage}_ms": total / num_frames for stage, total in totals.items()},
         })
     return results

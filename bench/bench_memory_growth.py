@@ -45,8 +45,6 @@ def run(device: torch.device, quick: bool) -> list[dict]:
             segmenter.step(clip[0], masks[0])
             for index in progress(range(1, length), f"{policy}, {length} frames"):
                 segmenter.step(clip[index % len(clip)])
-                if index % 50 == 0:
-                    nvml.sample()
             synchronize(device)
             elapsed = time.perf_counter() - started
             report = segmenter.report(policy)

@@ -7,6 +7,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -119,11 +120,16 @@ def synchronize(device: torch.device) -> None:
 
 
 class NvmlSampler:
-    """Samples GPU utilisation and power through NVML between `start()` and `stop()`."""
+    """GPU utilisation and power from NVML, sampled every `interval` seconds on a background
+    thread while active (`with sampler:`), and the device memory in use (`used_bytes()`).
+    Without CUDA or nvidia-ml-py it records nothing and reports None."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, interval: float = 0.05):
         self.handle = None
+        self.interval = interval
         self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         if device.type != "cuda":
             return
         try:
@@ -135,12 +141,25 @@ class NvmlSampler:
         except Exception:  # noqa: BLE001 - NVML is optional
             self.handle = None
 
-    def sample(self) -> None:
-        if self.handle is None:
-            return
-        utilisation = self.pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
-        power_watts = self.pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0
-        self.samples.append((float(utilisation), power_watts))
+    def __enter__(self) -> "NvmlSampler":
+        self.samples = []
+        if self.handle is not None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample_until_stopped, name="nvml-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval):
+            utilisation = self.pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
+            power_watts = self.pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0
+            self.samples.append((float(utilisation), power_watts))
 
     def used_bytes(self) -> int | None:
         """Device-level memory in use (all processes), as NVML reports it."""
@@ -149,6 +168,7 @@ class NvmlSampler:
         return int(self.pynvml.nvmlDeviceGetMemoryInfo(self.handle).used)
 
     def summary(self) -> dict | None:
+        """Mean utilisation (%), mean and peak power (W) over the last active period."""
         if not self.samples:
             return None
         utilisation, power = zip(*self.samples)

@@ -52,10 +52,11 @@ def print_tables(results: dict) -> None:
     if results.get("end_to_end"):
         print("\n== end to end ==")
         headers = ["memory", "config", "size", "objects", "precision", "fused", "adaptive", "FPS", "encode ms",
-                   "read ms", "local ms", "decode ms", "memory frames"]
+                   "read ms", "local ms", "decode ms", "memory frames", "GPU util %", "power W"]
         rows = [[e.get(h) for h in ("memory", "config", "size", "objects", "precision", "fused", "adaptive")]
                 + [e.get("fps"), e.get("encode_ms"), e.get("read_ms"), e.get("local_ms"), e.get("decode_ms"),
-                   e.get("memory_frames")] for e in results["end_to_end"]]
+                   e.get("memory_frames"), (e.get("nvml") or {}).get("gpu_util_mean_pct"),
+                   (e.get("nvml") or {}).get("power_mean_w")] for e in results["end_to_end"]]
         print(format_table(headers, rows))
     if results.get("high_resolution"):
         print("\n== high resolution, full memory ==")

@@ -46,3 +46,38 @@ def test_merge_folds_sections_into_one_file_and_refuses_another_mode(tmp_path):
                                  "cpu", "--sections", "evaluate", "--merge"], capture_output=True, text=True, timeout=300)
     assert other_mode.returncode == 2 and "cannot merge" in other_mode.stderr
     assert json.loads((tmp_path / "split.json").read_text()) == results  # untouched
+
+
+def test_nvml_sampler_samples_utilisation_and_power_while_active(monkeypatch):
+    """The sampler's thread reads NVML only inside `with`; a fake pynvml stands in for the GPU."""
+    import threading
+    import time
+    import types
+
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    reads = []
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda index: ("gpu", index),
+        nvmlDeviceGetUtilizationRates=lambda handle: reads.append(threading.current_thread().name) or
+        types.SimpleNamespace(gpu=80),
+        nvmlDeviceGetPowerUsage=lambda handle: 300_000,  # milliwatts
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=123),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    sampler = common.NvmlSampler(torch.device("cuda"), interval=0.01)
+    assert sampler.summary() is None and sampler.used_bytes() == 123
+    with sampler:
+        time.sleep(0.2)
+    count = len(reads)
+    assert count >= 3 and set(reads) == {"nvml-sampler"}
+    assert sampler.summary() == {"gpu_util_mean_pct": 80.0, "power_mean_w": 300.0, "power_max_w": 300.0,
+                                 "samples": count}
+    time.sleep(0.05)
+    assert len(reads) == count  # stopped on leaving the block
