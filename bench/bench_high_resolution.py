@@ -26,7 +26,7 @@ from remn.inference import Segmenter, resolve_inference_config
 def cases(device: torch.device, quick: bool):
     """(config, (H, W), memory frames T, objects, precisions)."""
     if quick:
-        return "tiny", (72, 128), 4, (1, 2), (None,)
+        return "tiny", (64, 112), 3, (2,), (None,)
     precisions = (None, "bf16") if device.type == "cuda" else (None,)
     return "remn", (1080, 1920), 20, (1, 4), precisions
 

@@ -254,9 +254,12 @@ _INTERPRETER_CONFIG = triton.Config({"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_V": 16
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """One config in the interpreter; on CUDA drop tiles larger than the problem."""
+    """One config in the interpreter; on CUDA drop tiles larger than the problem, and keep
+    two pipeline stages for 128-channel key tiles (three would fill shared memory)."""
     if interpreting():
         return [_INTERPRETER_CONFIG]
+    if kwargs["BLOCK_CK"] > 64:
+        configs = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=min(c.num_stages, 2)) for c in configs]
     kept = [
         c for c in configs
         if not (c.kwargs["BLOCK_N"] > 64 and named_args["N"] <= 64)

@@ -9,7 +9,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "run.py"
 
 def test_quick_benchmark_writes_results(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH), "--quick", "--output", str(tmp_path), "--tag", "quick"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "quick.json").read_text())
     assert {"device", "torch", "triton", "git_commit", "date"} <= set(results["environment"])
@@ -35,7 +35,7 @@ def test_quick_benchmark_writes_results(tmp_path):
 def test_merge_folds_sections_into_one_file_and_refuses_another_mode(tmp_path):
     def bench(*args):
         return subprocess.run([sys.executable, str(BENCH), "--quick", "--output", str(tmp_path), "--tag", "split", *args],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=900)
 
     assert bench("--sections", "evaluate").returncode == 0
     assert bench("--sections", "local_attention", "--merge").returncode == 0
@@ -43,7 +43,7 @@ def test_merge_folds_sections_into_one_file_and_refuses_another_mode(tmp_path):
     assert {"evaluate", "local_attention"} <= set(results)
     assert set(results["section_environments"]) == set(results["section_seconds"]) == {"evaluate", "local_attention"}
     other_mode = subprocess.run([sys.executable, str(BENCH), "--output", str(tmp_path), "--tag", "split", "--device",
-                                 "cpu", "--sections", "evaluate", "--merge"], capture_output=True, text=True, timeout=300)
+                                 "cpu", "--sections", "evaluate", "--merge"], capture_output=True, text=True, timeout=900)
     assert other_mode.returncode == 2 and "cannot merge" in other_mode.stderr
     assert json.loads((tmp_path / "split.json").read_text()) == results  # untouched
 

@@ -283,3 +283,23 @@ def test_real_sizes(frames, objects, top_k, dtype):
     queries = 30 * 54
     inputs = make_inputs(1, objects, 64, 512, queries, frames * queries, dtype=dtype, bias="finite")
     assert_matches_reference(memory_read(*inputs, top_k=top_k), *inputs, top_k=top_k)
+
+
+@pytest.mark.parametrize("block_ck, num_queries, value_channels", [(64, 1620, 1024), (128, 1620, 1024), (128, 40, 32)])
+def test_cuda_config_pruning(monkeypatch, block_ck, num_queries, value_channels):
+    """The CUDA autotuner never gets an empty list, never tiles larger than the problem when
+    smaller ones exist, and only two pipeline stages for 128-channel key tiles."""
+    import importlib
+
+    kernel_module = importlib.import_module("remn.kernels.memory_read")  # the module, not the function
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    kept = kernel_module._prune_configs(
+        kernel_module._CUDA_CONFIGS, {"N": num_queries, "OCV": value_channels, "CK": block_ck}, BLOCK_CK=block_ck,
+    )
+    assert kept
+    if block_ck > 64:
+        assert all(c.num_stages <= 2 for c in kept)
+    else:
+        assert [c.num_stages for c in kept] == [c.num_stages for c in kernel_module._CUDA_CONFIGS]
+    if num_queries <= 64:
+        assert all(c.kwargs["BLOCK_N"] == 64 for c in kept)

@@ -32,8 +32,9 @@ from remn.train.clips import (
 )
 from remn.train.losses import IGNORE_INDEX, ClipObjective, LossWeights
 
-SMALL = dict(  # a run of a few tiny steps: seconds on a CPU
-    model="tiny", synthetic=3, synthetic_size=(32, 48), synthetic_frames=5, crop_size=(32, 48), min_crop_area=0.8,
+SMALL = dict(  # a run of a few tiny steps: seconds on a CPU (also where CUDA exists: bit-exact resume and
+    # the fp16 refusal are CPU properties; CUDA's atomic-add backward is not bit-reproducible)
+    device="cpu", model="tiny", synthetic=3, synthetic_size=(32, 48), synthetic_frames=5, crop_size=(32, 48), min_crop_area=0.8,
     batch_size=2, lr=1e-3, warmup=2, progress=False, tensorboard=False, threads=1, log_every=1,
     bootstrap_range=(1, 4), skip_curriculum=((0.0, 1), (0.5, 3)),
 )

@@ -18,8 +18,9 @@ class HostCopy:
         if tensor.device.type == "cuda":
             self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
             self._host.copy_(tensor, non_blocking=True)
+            stream = torch.cuda.current_stream(tensor.device)  # the stream the copy went on
             self._event = torch.cuda.Event()
-            self._event.record()  # on the current stream, right behind the copy
+            self._event.record(stream)  # right behind the copy
         else:
             self._host, self._event = tensor, None
 

@@ -162,6 +162,10 @@ class Segmenter:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=AMP_DTYPES[self.config.amp])
 
+    def _on_device(self):
+        """The model's GPU as the current device: kernels, copies and events share its stream."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
     # ------------------------------------------------------------------ step
     def step(self, frame, mask=None, object_ids: Sequence[int] | None = None) -> FrameResult:
         """Segment the next frame.
@@ -175,7 +179,7 @@ class Segmenter:
         Returns a FrameResult: labels [H, W] and probs [O+1, H, W] at the input size.
         """
         started = time.perf_counter()
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._on_device(), self._autocast():
             result = self._step(frame, mask, object_ids)
         self.seconds += time.perf_counter() - started
         return result

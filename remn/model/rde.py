@@ -60,9 +60,10 @@ def non_local_aggregate(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
         )
     compute = torch.promote_types(query.dtype, torch.float32)
     num_keys = key.shape[2]
-    affinity = query.to(compute).transpose(1, 2) @ key.to(compute)  # [B, N, M]
-    affinity = affinity / max(num_keys, 1)
-    out = value.to(compute) @ affinity.transpose(1, 2)  # [B, C, N]
+    with torch.autocast(query.device.type, enabled=False):  # autocast would take `@` back to 16 bits
+        affinity = query.to(compute).transpose(1, 2) @ key.to(compute)  # [B, N, M]
+        affinity = affinity / max(num_keys, 1)
+        out = value.to(compute) @ affinity.transpose(1, 2)  # [B, C, N]
     return out.to(query.dtype)
 
 
