@@ -40,21 +40,29 @@ def cases(quick: bool):
     return [("480p", 1, 64, 512, 30, 54, o, r) for o in (1, 2, 4) for r in (2, 4, 7, 12)]
 
 
+def problem(case, device: torch.device, dtype: torch.dtype):
+    """One case's implementations → (variants name → zero-argument call, FLOPs, bytes moved)."""
+    name, batch, key_dim, value_dim, height, width, objects, radius = case
+    query_key = torch.randn(batch, key_dim, height, width, device=device, dtype=dtype)
+    key = torch.randn(batch, key_dim, height, width, device=device, dtype=dtype)
+    value = torch.randn(batch, objects, value_dim, height, width, device=device, dtype=dtype)
+    key_bias = torch.randn(batch, objects, height, width, device=device, dtype=dtype)
+    args = (query_key, key, value, radius, key_bias)
+    variants = {"reference": lambda: reference.local_attention(*args), "unfold": lambda: unfold_local_attention(*args)}
+    if device.type == "cuda" and ops.can_run_triton(query_key, key, value, key_bias):
+        variants["fused"] = lambda: ops.local_attention(*args, backend="triton")
+    window = (2 * radius + 1) ** 2
+    flops = 2.0 * batch * height * width * window * (key_dim + objects * value_dim)
+    bytes_moved = dtype.itemsize * batch * height * width * (2 * key_dim + 2 * objects * value_dim + objects)
+    return variants, flops, bytes_moved
+
+
 def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int) -> list[dict]:
     peaks = device_peaks(device)
     results = []
-    for name, batch, key_dim, value_dim, height, width, objects, radius in progress(cases(quick), "local attention"):
-        query_key = torch.randn(batch, key_dim, height, width, device=device, dtype=dtype)
-        key = torch.randn(batch, key_dim, height, width, device=device, dtype=dtype)
-        value = torch.randn(batch, objects, value_dim, height, width, device=device, dtype=dtype)
-        key_bias = torch.randn(batch, objects, height, width, device=device, dtype=dtype)
-        args = (query_key, key, value, radius, key_bias)
-        variants = {"reference": lambda: reference.local_attention(*args), "unfold": lambda: unfold_local_attention(*args)}
-        if device.type == "cuda" and ops.can_run_triton(query_key, key, value, key_bias):
-            variants["fused"] = lambda: ops.local_attention(*args, backend="triton")
-        window = (2 * radius + 1) ** 2
-        flops = 2.0 * batch * height * width * window * (key_dim + objects * value_dim)
-        bytes_moved = dtype.itemsize * batch * height * width * (2 * key_dim + 2 * objects * value_dim + objects)
+    for case in progress(cases(quick), "local attention"):
+        name, batch, key_dim, value_dim, height, width, objects, radius = case
+        variants, flops, bytes_moved = problem(case, device, dtype)
         rows = measure_variants(variants, device, flops, bytes_moved, peaks, dtype, repeats)
         if "ms" in rows.get("fused", {}):
             rows["fused"]["max_abs_diff"] = (variants["fused"]().float() - variants["reference"]().float()).abs().max().item()

@@ -42,25 +42,33 @@ def cases(quick: bool):
     return rows
 
 
+def problem(case, device: torch.device, dtype: torch.dtype):
+    """One case's implementations → (variants name → zero-argument call, FLOPs, bytes moved)."""
+    name, batch, key_dim, value_dim, num_queries, frames, objects, top_k = case
+    num_keys = frames * num_queries
+    query_key = torch.randn(batch, key_dim, num_queries, device=device, dtype=dtype)
+    memory_key = torch.randn(batch, key_dim, num_keys, device=device, dtype=dtype)
+    memory_value = torch.randn(batch, objects, value_dim, num_keys, device=device, dtype=dtype)
+    key_bias = torch.randn(batch, num_keys, device=device, dtype=dtype).clamp_max(0)
+    args = (query_key, memory_key, memory_value, key_bias)
+    variants = {"reference": lambda: reference.memory_read(*args, top_k=top_k)}
+    if top_k is None:
+        variants["sdpa"] = lambda: sdpa_memory_read(*args)
+    if device.type == "cuda" and ops.can_run_triton(*args):
+        variants["fused"] = lambda: ops.memory_read(*args, top_k=top_k, backend="triton")
+    flops = 2.0 * batch * num_queries * num_keys * (key_dim + objects * value_dim)
+    bytes_moved = dtype.itemsize * batch * (
+        key_dim * (num_queries + num_keys) + objects * value_dim * (num_keys + num_queries) + num_keys
+    )
+    return variants, flops, bytes_moved
+
+
 def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int) -> list[dict]:
     peaks = device_peaks(device)
     results = []
-    for name, batch, key_dim, value_dim, num_queries, frames, objects, top_k in progress(cases(quick), "memory read"):
-        num_keys = frames * num_queries
-        query_key = torch.randn(batch, key_dim, num_queries, device=device, dtype=dtype)
-        memory_key = torch.randn(batch, key_dim, num_keys, device=device, dtype=dtype)
-        memory_value = torch.randn(batch, objects, value_dim, num_keys, device=device, dtype=dtype)
-        key_bias = torch.randn(batch, num_keys, device=device, dtype=dtype).clamp_max(0)
-        args = (query_key, memory_key, memory_value, key_bias)
-        variants = {"reference": lambda: reference.memory_read(*args, top_k=top_k)}
-        if top_k is None:
-            variants["sdpa"] = lambda: sdpa_memory_read(*args)
-        if device.type == "cuda" and ops.can_run_triton(*args):
-            variants["fused"] = lambda: ops.memory_read(*args, top_k=top_k, backend="triton")
-        flops = 2.0 * batch * num_queries * num_keys * (key_dim + objects * value_dim)
-        bytes_moved = dtype.itemsize * batch * (
-            key_dim * (num_queries + num_keys) + objects * value_dim * (num_keys + num_queries) + num_keys
-        )
+    for case in progress(cases(quick), "memory read"):
+        name, batch, key_dim, value_dim, num_queries, frames, objects, top_k = case
+        variants, flops, bytes_moved = problem(case, device, dtype)
         rows = measure_variants(variants, device, flops, bytes_moved, peaks, dtype, repeats)
         if "ms" in rows.get("fused", {}):
             rows["fused"]["max_abs_diff"] = (variants["fused"]().float() - variants["reference"]().float()).abs().max().item()
@@ -68,5 +76,5 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int) -> 
         results.append({"op": "memory_read", "case": name, "B": batch, "Ck": key_dim, "Cv": value_dim, "N": num_queries,
                         "T": frames, "O": objects, "top_k": top_k, "dtype": str(dtype).removeprefix("torch."),
                         "gflop": flops / 1e9, **rows})
-        del query_key, memory_key, memory_value, key_bias, args
+        del variants
     return results

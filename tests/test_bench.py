@@ -81,3 +81,12 @@ def test_nvml_sampler_samples_utilisation_and_power_while_active(monkeypatch):
                                  "samples": count}
     time.sleep(0.05)
     assert len(reads) == count  # stopped on leaving the block
+
+
+def test_kernel_benchmarks_run_under_pytest_benchmark():
+    """The pytest-benchmark file runs (each case once, timing disabled) on this machine."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+                           str(BENCH.parent / "test_kernel_benchmarks.py")],
+                          capture_output=True, text=True, timeout=900, cwd=BENCH.parents[1])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout
