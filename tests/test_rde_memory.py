@@ -17,7 +17,7 @@ from remn.data.synthetic import make_clip
 from remn.inference import InferenceConfig, RDEMemory, Segmenter, resolve_inference_config
 from remn.inference.cli import add_arguments, config_from_args
 from remn.inference.memory import make_memory_manager
-from remn.inference.rde_memory import ANNOTATED, EMBEDDING, LAST
+from remn.inference.rde_memory import ANNOTATED, ANNOTATED_AGAIN, EMBEDDING, LAST
 
 HEIGHT, WIDTH = 48, 40  # not powers of two; keys at 3 × 3 (padded to 48 × 48 / 16)
 
@@ -76,15 +76,17 @@ def test_published_order_of_operations(model, clip):
     memory = segmenter.memory
     run(segmenter, frames[:4], {0: masks[0]})  # frame 3 is chosen, not yet written
     slots = memory.slots[0]
-    assert slots.used == 1 and slots.absorbed == 0 and slots.last_frame is None
+    assert (slots.used, slots.frames, slots.absorbed, slots.last_frame) == (2, 1, 0, None)
     assert torch.equal(slots.keys[:, :, EMBEDDING], slots.keys[:, :, ANNOTATED])  # starts from the annotated frame
     with torch.inference_mode():
         key = {t: model.encode_key(image(frames[t])).key for t in (0, 3, 6)}  # [1, Ck, h, w]
-        torch.testing.assert_close(slots.read()[0], key[0][:, :, None])  # only the annotated frame is read
+        # The published [embedding, annotated] before the first memorised frame: the annotated frame twice.
+        torch.testing.assert_close(slots.read()[0], key[0][:, :, None].expand(-1, -1, 2, -1, -1))
 
         segmenter.step(frames[4])  # frame 3 is written before frame 4's read
-        assert (slots.used, slots.absorbed, slots.last_frame) == (3, 1, 3)
+        assert (slots.used, slots.frames, slots.absorbed, slots.last_frame) == (4, 3, 1, 3)
         torch.testing.assert_close(slots.keys[:, :, ANNOTATED], key[0])
+        torch.testing.assert_close(slots.keys[:, :, ANNOTATED_AGAIN], key[0])  # read twice, as published
         torch.testing.assert_close(slots.keys[:, :, LAST], key[3])
         torch.testing.assert_close(slots.keys[:, :, EMBEDDING], model.mem_compress.update_key(key[0], key[3]))
         torch.testing.assert_close(
@@ -94,7 +96,7 @@ def test_published_order_of_operations(model, clip):
         embedding = slots.keys[:, :, EMBEDDING].clone()
         for t in (5, 6, 7):
             segmenter.step(frames[t])
-        assert (slots.used, slots.absorbed, slots.last_frame) == (3, 2, 6)
+        assert (slots.used, slots.absorbed, slots.last_frame) == (4, 2, 6)
         torch.testing.assert_close(slots.keys[:, :, LAST], key[6])
         torch.testing.assert_close(slots.keys[:, :, EMBEDDING], model.mem_compress.update_key(embedding, key[6]))
 
@@ -107,7 +109,7 @@ def test_constant_storage_over_a_long_video(model):
     slots = memory.slots[0]
     pointers = (slots.keys.data_ptr(), slots.values.data_ptr())
     shapes = (slots.keys.shape, slots.values.shape)
-    assert shapes == ((1, 16, 3, 2, 2), (1, 2, 64, 3, 2, 2))  # [1, Ck, 3, h, w], [1, O, Cv, 3, h, w]
+    assert shapes == ((1, 16, 4, 2, 2), (1, 2, 64, 4, 2, 2))  # [1, Ck, 4, h, w], [1, O, Cv, 4, h, w]
     for frame in frames[5:]:
         segmenter.step(frame)
         assert memory.stats.frames <= 3
@@ -136,7 +138,7 @@ def test_object_added_mid_video(model, clip):
     old, new = segmenter.memory.slots
     assert old.values.shape[1] == 2 and new.values.shape[1] == 1  # each group's own objects
     assert (old.entry_frame, old.absorbed, old.last_frame) == (0, 3, 7)  # frames 3, 4 (the annotation) and 7
-    assert (new.entry_frame, new.absorbed, new.last_frame, new.used) == (entry, 1, 7, 3)  # its own embedding
+    assert (new.entry_frame, new.absorbed, new.last_frame, new.used) == (entry, 1, 7, 4)  # its own embedding
     with torch.inference_mode():
         torch.testing.assert_close(new.keys[:, :, ANNOTATED], model.encode_key(image(frames[entry])).key)
     torch.testing.assert_close(new.keys[:, :, LAST], old.keys[:, :, LAST])  # the same memorised frame 7

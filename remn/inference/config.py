@@ -10,8 +10,8 @@
   of the aggregated prediction encoded into memory; the bank is unbounded like STCN's
   unless `capacity` sets a hard cap; model preset "stcn".
 - `rde`: RDE-VOS's "two frames + compress" inference (`remn.inference.rde_memory`): per
-  object group the annotated frame, the recurrent embedding and the last memorised frame
-  in three fixed slots, a frame memorised every 3 frames, top-k 40, no gate, no local
+  object group the annotated frame (read twice, as published), the recurrent embedding
+  and the last memorised frame in fixed slots, a frame memorised every 3 frames, top-k 40, no gate, no local
   attention; model preset "rde". Fields of the frame bank (capacity, gate, adaptive
   update) must be left off: a config that sets them raises ValueError.
 - `tiny`: the remn policy on the "tiny" model (tests, demo).
@@ -78,7 +78,7 @@ class InferenceConfig:
 
 
 def _check_rde(config: InferenceConfig) -> None:
-    """memory="rde" keeps three fixed slots per object group and drops nothing: it needs a
+    """memory="rde" keeps fixed slots per object group and drops nothing: it needs a
     model with RDE's compressor, the fixed schedule, and none of the frame bank's bounds."""
     model_memory = MODEL_PRESETS[config.model].memory
     if model_memory != "rde":
@@ -93,7 +93,7 @@ def _check_rde(config: InferenceConfig) -> None:
         )
     if config.capacity is not None:
         raise ValueError(
-            f"InferenceConfig.capacity does not apply to memory='rde' (three fixed slots): set None, "
+            f"InferenceConfig.capacity does not apply to memory='rde' (fixed slots): set None, "
             f"not {config.capacity}"
         )
     if config.gate:

@@ -2,9 +2,10 @@
 
 RDE-VOS (Li et al., CVPR 2022) keeps one recurrently updated memory "embedding" instead of
 a growing bank, so memory and time per frame are constant in the video's length. Its
-inference mode "two frames + compress" reads from three memory frames:
+inference mode "two frames + compress" reads from three memory frames, the annotated one
+twice:
 
-    [annotated frame, embedding, last memorised frame]
+    [annotated frame, annotated frame, embedding, last memorised frame]
 
 Policy, all of it in this file (the order of operations follows the published inference
 code, `inference_memory_bank.MemoryBank.add_memory` in compress mode with `use_gt` and
@@ -28,16 +29,20 @@ code, `inference_memory_bank.MemoryBank.add_memory` in compress mode with `use_g
        also kept verbatim as the last frame until the next memorised frame replaces it.
        (This is the published order; it is not "absorb the previous last frame when the
        next one arrives".)
-- What is read. Each group reads its own used slots: [annotated] until its first
-  memorised frame after the entry (the embedding is then a copy of the annotated frame,
-  so reading it again adds nothing), [annotated, embedding, last] from then on; top-k as
-  configured (RDE: 40). The groups' per-object probabilities are soft-aggregated together,
-  as in FrameBankMemory.
-- Nothing is dropped: the three slots are overwritten in place.
+- What is read. Each group reads its own used slots: [annotated, annotated] until its
+  first memorised frame after the entry (the published [embedding, annotated], the
+  embedding being a copy of the annotated frame then), [annotated, annotated, embedding,
+  last] from then on (the published [embedding, last, annotated, annotated]); top-k as
+  configured (RDE: 40). Reading the annotated frame twice is what the published
+  checkpoints were evaluated with: each of its keys carries double weight in the softmax
+  and takes two top-k places, so a single copy would not reproduce their numbers. The
+  groups' per-object probabilities are soft-aggregated together, as in FrameBankMemory.
+- Nothing is dropped: the slots are overwritten in place.
 
 Object groups (objects first annotated on the same frame, `remn.inference.objects`) each
-own three slots: keys [1, Ck, 3, h, w] and values [1, O_g, Cv, 3, h, w], allocated when the
-group's entry frame is written and never resized. This is RDE's own scheme for objects that
+own four slots (three frames, the annotated one stored twice so that a read is one view):
+keys [1, Ck, 4, h, w] and values [1, O_g, Cv, 4, h, w], allocated when the group's entry
+frame is written and never resized. This is RDE's own scheme for objects that
 appear mid-video (its YouTube-VOS loop keeps one memory per object, started from the frame
 that annotates it; a later annotation enters the older objects' memories as an ordinary
 memorised frame, compressed into their embeddings). Per group instead of per object is the
@@ -46,14 +51,10 @@ on the masks, and `update_value` compresses each object on its own. A single sha
 embedding would not be correct: a group entering at frame e must read an embedding whose
 keys start at e, with values that match them position by position.
 
-Two differences from the published code, both deliberate:
-- The published read concatenates [embedding, last, annotated, annotated] (the annotated
-  frame twice, doubling its weight in the softmax and taking two top-k places per key),
-  and [embedding, annotated] = [annotated, annotated] before the first memorised frame.
-  Here each frame is read once: [annotated, embedding, last], and [annotated] at first.
-- "Every mem_every frames" counts from the last memorised frame, as the published
-  YouTube-VOS loop does; the published DAVIS loop counts absolute frame indices, which
-  agrees whenever the first annotation is on frame 0.
+One difference from the published code, deliberate: "every mem_every frames" counts from
+the last memorised frame, as the published YouTube-VOS loop does; the published DAVIS loop
+counts absolute frame indices, which agrees whenever the first annotation is on frame 0.
+(The slot order differs too, which changes nothing: a read is a softmax over a set of keys.)
 """
 from __future__ import annotations
 
@@ -68,8 +69,9 @@ from remn.inference.objects import ObjectGroup
 from remn.model.masks import soft_aggregate
 from remn.model.network import FrameFeatures
 
-SLOTS = 3  # annotated, embedding, last
-ANNOTATED, EMBEDDING, LAST = range(SLOTS)
+SLOTS = 4  # annotated, annotated again, embedding, last
+ANNOTATED, ANNOTATED_AGAIN, EMBEDDING, LAST = range(SLOTS)
+ENTRY_SLOTS = 2  # read before the first memorised frame after the entry: the annotated frame twice
 
 
 @dataclass
@@ -81,18 +83,24 @@ class _Pending:
 
 @dataclass
 class RDESlots:
-    """One object group's memory: three preallocated slots, overwritten in place.
+    """One object group's memory: four preallocated slots, overwritten in place.
 
-    keys [1, Ck, 3, h, w], values [1, O_g, Cv, 3, h, w] along (annotated, embedding, last);
-    `used` of them are read (1 until the first memorised frame after the entry, then 3).
+    keys [1, Ck, 4, h, w], values [1, O_g, Cv, 4, h, w] along (annotated, annotated again,
+    embedding, last); `used` of them are read (2 until the first memorised frame after the
+    entry, then 4).
     """
 
     keys: torch.Tensor
     values: torch.Tensor
     entry_frame: int  # the frame in the annotated slot
-    used: int = 1
+    used: int = ENTRY_SLOTS
     last_frame: int | None = None  # the frame in the last slot
     absorbed: int = 0  # frames compressed into the embedding since the entry
+
+    @property
+    def frames(self) -> int:
+        """Distinct frames held: the annotated one, then also the embedding and the last."""
+        return 1 if self.used == ENTRY_SLOTS else 3
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of the used slots: keys [1, Ck, T, h, w], values [1, O_g, Cv, T, h, w]."""
@@ -100,7 +108,7 @@ class RDESlots:
 
 
 class RDEMemory(MemoryManager):
-    """memory="rde": per object group, [annotated, embedding, last] in three fixed slots;
+    """memory="rde": per object group, [annotated ×2, embedding, last] in four fixed slots;
     a memorised frame is compressed into the embedding and becomes the last frame.
 
     model: a REMN built with memory="rde" (it has `mem_compress`); config: an
@@ -134,7 +142,7 @@ class RDEMemory(MemoryManager):
             raise RuntimeError("the memory is empty: the first annotated frame must be observed before a read")
         outputs = []
         for group, slots in zip(self.groups, self.slots):
-            keys, values = slots.read()  # [1, Ck, T, h, w], [1, O_g, Cv, T, h, w], T ≤ 3
+            keys, values = slots.read()  # [1, Ck, T, h, w], [1, O_g, Cv, T, h, w], T = 2 or 4
             group_previous = None if previous is None else (previous[0], previous[1][:, group.channels])
             outputs.append(
                 self.model.segment(features, keys, values, previous=group_previous, top_k=self.config.top_k)
@@ -187,15 +195,15 @@ class RDEMemory(MemoryManager):
             slots.last_frame = pending.frame
             slots.absorbed += 1
         self.stats.memorised += 1
-        self.stats.frames = max(s.used for s in self.slots if s is not None)
+        self.stats.frames = max(s.frames for s in self.slots if s is not None)
         self.stats.peak_frames = max(self.stats.peak_frames, self.stats.frames)
 
     @staticmethod
     def _allocate(key: torch.Tensor, values: torch.Tensor, frame: int) -> RDESlots:
         """Three slots for a group entering on `frame`: key [1, Ck, h, w], values [1, O_g, Cv, h, w]."""
-        keys = key.new_zeros(key.shape[0], key.shape[1], SLOTS, *key.shape[2:])  # [1, Ck, 3, h, w]
-        slot_values = values.new_zeros(*values.shape[:3], SLOTS, *values.shape[3:])  # [1, O_g, Cv, 3, h, w]
-        for slot in (ANNOTATED, EMBEDDING):  # the embedding starts from the annotated frame
+        keys = key.new_zeros(key.shape[0], key.shape[1], SLOTS, *key.shape[2:])  # [1, Ck, 4, h, w]
+        slot_values = values.new_zeros(*values.shape[:3], SLOTS, *values.shape[3:])  # [1, O_g, Cv, 4, h, w]
+        for slot in (ANNOTATED, ANNOTATED_AGAIN, EMBEDDING):  # the embedding starts from the annotated frame
             keys[:, :, slot] = key
             slot_values[:, :, :, slot] = values
         return RDESlots(keys, slot_values, entry_frame=frame)
