@@ -202,8 +202,11 @@ def test_bad_input(case, message, video, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2, err
     assert "remn segment: error:" in err and message in err and "Traceback" not in err
-    if case == "existing_output":  # --overwrite lets the run through
+    if case == "existing_output":  # --overwrite lets the run through, and says old.png stays
         assert segment(frames_dir, "--mask", mask, "--output", out, "--overwrite", *FAST) == 0
+        err = capsys.readouterr().err
+        assert "1 PNGs that name no frame" in err and "old.png" in err
+        assert (out / "old.png").exists()
 
 
 def test_torchrun_shards_sequences_over_two_gloo_processes(davis_root, tmp_path):

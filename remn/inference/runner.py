@@ -34,6 +34,7 @@ from remn.inference.video import (
     FolderFrames,
     FrameSource,
     check_output,
+    existing_results,
     open_frames,
     write_labels,
     write_overlay,
@@ -103,6 +104,11 @@ class VideoJob:
         if not labels.any():
             raise ValueError(f"{self.name}: annotation {spec.path} is empty (no object pixel)")
         check_output(self.output, overwrite)
+        if names is not None:
+            stale = [p.name for p in existing_results(self.output) if p.stem not in set(names)]
+            if stale:  # never deleted: they may be the user's; an evaluation would still read them
+                print(f"remn segment: warning: {self.output} holds {len(stale)} PNGs that name no frame of "
+                      f"{self.name} and stay as they are (e.g. {stale[0]})", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- planning
