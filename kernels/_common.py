@@ -23,6 +23,27 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def tuned_launcher(tuned, interpreter_config: triton.Config):
+    """What a launch indexes with its grid: the autotuned kernel on a GPU; under
+    TRITON_INTERPRET=1 the same kernel at one fixed config, without the autotuner (some
+    Triton versions benchmark even a single remaining config, which needs a GPU driver)."""
+    if not interpreting():
+        return tuned
+    return _FixedConfig(tuned.fn, interpreter_config)
+
+
+class _FixedConfig:
+    """`kernel[grid](*args, **kwargs)` with a config's meta-parameters added."""
+
+    def __init__(self, kernel, config: triton.Config):
+        self.kernel, self.config = kernel, config
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            return self.kernel[grid](*args, **kwargs, **self.config.all_kwargs())
+        return launch
+
+
 def check_kernel_tensors(op_name: str, **tensors: torch.Tensor | None) -> None:
     """Raise unless every given tensor is on a device and of a dtype the kernels take.
 

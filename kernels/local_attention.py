@@ -40,7 +40,7 @@ from remn.reference import check_local_attention_args
 from remn.reference import local_attention as reference_local_attention
 
 from ._common import (
-    check_kernel_tensors, dot_in_fp32, interpreting, key_channel_tile, reference_gradients, resolve_scale,
+    check_kernel_tensors, dot_in_fp32, key_channel_tile, reference_gradients, resolve_scale, tuned_launcher,
 )
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x·log2(e)); constexpr so kernels may read it
@@ -228,10 +228,8 @@ def _fits_fp32(config):
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """One config in the interpreter; on CUDA the spill-free ones for the operand dtype,
-    without tiles larger than the problem (or, when every tile is, the smallest)."""
-    if interpreting():
-        return [_INTERPRETER_CONFIG]
+    """The spill-free configs for the operand dtype, without tiles larger than the problem
+    (or, when every tile is, the smallest)."""
     if kwargs["QK_FP32"] or kwargs["PV_FP32"]:
         configs = [c for c in configs if _fits_fp32(c)]
     kept = [
@@ -278,7 +276,7 @@ def _local_attention_launch(query_key, key, value, radius, key_bias, scale):
         return (query_tiles, num_objects * triton.cdiv(value_dim, meta["BLOCK_V"]), batch)
 
     key_sq = key.float().pow(2).sum(dim=1)  # [B, H, W]: |k|² once per key pixel, in fp32
-    _local_attention_fwd_tuned[grid](
+    tuned_launcher(_local_attention_fwd_tuned, _INTERPRETER_CONFIG)[grid](
         query_key, key, key_sq, value, bias if has_bias else query_key, out,  # placeholder pointer when no bias
         *query_key.stride(), *key.stride(), *key_sq.stride(), *value.stride(), *bias_strides, *out.stride(),
         height, width, key_dim, value_dim, radius, scale,

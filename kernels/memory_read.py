@@ -37,6 +37,7 @@ from remn.reference import memory_read as reference_memory_read
 
 from ._common import (
     check_kernel_tensors, dot_in_fp32, interpreting, key_channel_tile, reference_gradients, resolve_scale,
+    tuned_launcher,
 )
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x·log2(e)); constexpr so kernels may read it
@@ -254,10 +255,8 @@ _INTERPRETER_CONFIG = triton.Config({"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_V": 16
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """One config in the interpreter; on CUDA drop tiles larger than the problem, and keep
-    two pipeline stages for 128-channel key tiles (three would fill shared memory)."""
-    if interpreting():
-        return [_INTERPRETER_CONFIG]
+    """Drop tiles larger than the problem, and keep two pipeline stages for 128-channel key
+    tiles (three would fill shared memory)."""
     if kwargs["BLOCK_CK"] > 64:
         configs = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=min(c.num_stages, 2)) for c in configs]
     kept = [
@@ -351,7 +350,7 @@ def _memory_read_launch(query_key, memory_key, memory_value, key_bias, scale, to
             value_tiles = triton.cdiv(num_objects * value_dim, meta["BLOCK_V"])
             return (triton.cdiv(num_queries, meta["BLOCK_N"]), value_tiles, batch)
 
-        _memory_read_fwd_tuned[grid](
+        tuned_launcher(_memory_read_fwd_tuned, _INTERPRETER_CONFIG)[grid](
             query_key, memory_key, key_sq, memory_value, bias, out, out,  # thr_ptr unused
             *common_args, *value_strides, stride_bb, stride_bm, 0, 0, *out_flat.stride(),
             num_queries, num_keys, key_dim, value_dim, num_objects * value_dim, scale,

@@ -256,11 +256,10 @@ def test_launcher_rejects_cpu_tensors_without_interpreter(monkeypatch):
 
 @pytest.mark.parametrize("fp32", [False, True], ids=["16bit", "fp32"])
 @pytest.mark.parametrize("sizes", [(30, 54, 512), (3, 5, 8)], ids=["480p", "tiny"])
-def test_cuda_config_pruning(monkeypatch, sizes, fp32):
+def test_cuda_config_pruning(sizes, fp32):
     """The CUDA autotuner sees only configs checked spill-free for the operand dtype, and
     never an empty list (tiles larger than a tiny problem fall back to one such config)."""
     kernel_module = importlib.import_module("remn.kernels.local_attention")  # the module, not the function
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     height, width, value_dim = sizes
     kept = kernel_module._prune_configs(
         kernel_module._CUDA_CONFIGS, {"H": height, "W": width, "CV": value_dim}, QK_FP32=fp32, PV_FP32=fp32,
