@@ -32,7 +32,7 @@ def settings(device: torch.device, quick: bool):
     """(memory mode, (H, W), objects, amp, fused, adaptive); RDE memorises every 3rd frame."""
     if quick:
         rows = [("remn", (64, 96), o, None, True, adaptive) for o in (1, 2) for adaptive in (True, False)]
-        return rows + [("rde", (64, 96), 2, None, True, False)]
+        return rows + [("remn", (64, 96), 1, None, False, True), ("rde", (64, 96), 2, None, True, False)]
     precisions = (None, "bf16") if device.type == "cuda" else (None,)
     rows = [("remn", (480, 854), o, amp, fused, adaptive)
             for o in (1, 2, 4) for amp in precisions for fused in (True, False) for adaptive in (True, False)]
@@ -110,4 +110,16 @@ def run(device: torch.device, quick: bool) -> list[dict]:
             "memory_frames": report.peak_memory_frames, "nvml": nvml.summary(),
             **{f"{stage}_ms": total / num_frames for stage, total in totals.items()},
         })
+    add_fused_speedups(results)
     return results
+
+
+def add_fused_speedups(results: list[dict]) -> None:
+    """Each fused row gets `x_reference`: its FPS over the same setting's on the reference path."""
+    def setting(row):
+        return tuple(row[k] for k in ("memory", "config", "size", "objects", "precision", "adaptive"))
+
+    reference_fps = {setting(row): row["fps"] for row in results if not row["fused"]}
+    for row in results:
+        if row["fused"] and setting(row) in reference_fps:
+            row["x_reference"] = row["fps"] / reference_fps[setting(row)]

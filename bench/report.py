@@ -51,10 +51,10 @@ def print_tables(results: dict) -> None:
         print(format_table(*_kernel_rows(results["local_attention"], ("case", "O", "radius", "dtype"))))
     if results.get("end_to_end"):
         print("\n== end to end ==")
-        headers = ["memory", "config", "size", "objects", "precision", "fused", "adaptive", "FPS", "encode ms",
+        headers = ["memory", "config", "size", "objects", "precision", "fused", "adaptive", "FPS", "x ref", "encode ms",
                    "read ms", "local ms", "decode ms", "memory frames", "GPU util %", "power W"]
         rows = [[e.get(h) for h in ("memory", "config", "size", "objects", "precision", "fused", "adaptive")]
-                + [e.get("fps"), e.get("encode_ms"), e.get("read_ms"), e.get("local_ms"), e.get("decode_ms"),
+                + [e.get("fps"), e.get("x_reference"), e.get("encode_ms"), e.get("read_ms"), e.get("local_ms"), e.get("decode_ms"),
                    e.get("memory_frames"), (e.get("nvml") or {}).get("gpu_util_mean_pct"),
                    (e.get("nvml") or {}).get("power_mean_w")] for e in results["end_to_end"]]
         print(format_table(headers, rows))

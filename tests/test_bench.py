@@ -18,6 +18,9 @@ def test_quick_benchmark_writes_results(tmp_path):
     assert {row["objects"] for row in results["end_to_end"]} == {1, 2}
     assert {row["memory"] for row in results["end_to_end"]} == {"remn", "rde"}
     assert all(row["fps"] > 0 for row in results["end_to_end"])
+    paired = [row for row in results["end_to_end"] if row["fused"] and row["memory"] == "remn" and row["objects"] == 1
+              and row["adaptive"]]
+    assert paired and paired[0]["x_reference"] > 0  # against the same setting on the reference path
     high = results["high_resolution"]
     assert {row["fused"] for row in high} == {True, False}
     assert all(row["fps"] > 0 and row["memory_frames_read"] == row["memory_frames"] for row in high)
