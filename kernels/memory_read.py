@@ -241,13 +241,29 @@ def _memory_topk_kernel(
     tl.store(part_ptrs, best, mask=(offs_n[:, None] < N) & (cols_k[None, :] < TOP_K))
 
 
-# Tile configurations. BLOCK_CK is not tuned: it follows Ck (`key_channel_tile`). All four
-# are spill-free on sm_90 for bf16/fp16 at Ck = 64 (checked offline with ptxas).
-_CUDA_CONFIGS = [
-    triton.Config({"BLOCK_N": 64, "BLOCK_M": 64, "BLOCK_V": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_N": 64, "BLOCK_M": 64, "BLOCK_V": 128}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_N": 128, "BLOCK_M": 64, "BLOCK_V": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_N": 128, "BLOCK_M": 64, "BLOCK_V": 128}, num_warps=8, num_stages=2),
+def _config(block_n, block_m, block_v, num_warps, num_stages):
+    return triton.Config({"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_V": block_v},
+                         num_warps=num_warps, num_stages=num_stages)
+
+
+# Tile configurations, one list per operand precision; BLOCK_CK is not tuned: it follows Ck
+# (`key_channel_tile`). Checked offline for sm_90a at Ck = 64, O·Cv = 1024 (Triton 3.6 with
+# ptxas 12.8 and Triton 3.9 with ptxas 13.4, with and without key_bias, HAS_THRESHOLD False
+# and True): the 16-bit list runs both dots on wgmma without spills (138–190 registers).
+# The same tiles with fp32 operands (exact dots on the CUDA cores) spill 1–34 KB, so fp32
+# has its own list of spill-free tiles (94–190 registers); BLOCK_N = 128 is clean at fp32 on
+# one Triton version only, so none is kept.
+_CONFIGS_16BIT = [
+    _config(64, 64, 64, num_warps=4, num_stages=3),
+    _config(64, 64, 128, num_warps=8, num_stages=3),
+    _config(128, 64, 64, num_warps=8, num_stages=3),
+    _config(128, 64, 128, num_warps=8, num_stages=2),
+]
+_CONFIGS_FP32 = [
+    _config(64, 32, 128, num_warps=8, num_stages=2),
+    _config(64, 32, 128, num_warps=8, num_stages=3),
+    _config(32, 64, 128, num_warps=8, num_stages=2),
+    _config(64, 32, 64, num_warps=8, num_stages=2),  # the one for O·Cv ≤ 64
 ]
 # Under TRITON_INTERPRET=1 one small config: no benchmarking, and test-sized problems
 # still span several query, key and channel tiles.
@@ -255,8 +271,10 @@ _INTERPRETER_CONFIG = triton.Config({"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_V": 16
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop tiles larger than the problem, and keep two pipeline stages for 128-channel key
-    tiles (three would fill shared memory)."""
+    """The list for the operand precision, without tiles larger than the problem, and with
+    two pipeline stages for 128-channel key tiles (three would fill shared memory)."""
+    fp32 = kwargs["QK_FP32"] or kwargs["PV_FP32"]
+    configs = [c for c in configs if (c in _CONFIGS_FP32) == fp32]
     if kwargs["BLOCK_CK"] > 64:
         configs = [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=min(c.num_stages, 2)) for c in configs]
     kept = [
@@ -270,21 +288,25 @@ def _prune_configs(configs, named_args, **kwargs):
 # The plain read is autotuned on the sizes that stay fixed during a video (N, O·Cv, Ck):
 # M grows with the memory every frame and is left out of the key so that it does not retune.
 _memory_read_fwd_tuned = triton.autotune(
-    configs=_CUDA_CONFIGS, key=["N", "OCV", "CK"], prune_configs_by={"early_config_prune": _prune_configs},
+    configs=_CONFIGS_16BIT + _CONFIGS_FP32, key=["N", "OCV", "CK"],
+    prune_configs_by={"early_config_prune": _prune_configs},
 )(_memory_read_fwd_kernel)
 
 
-def _topk_config(kpad: int) -> dict:
+def _topk_config(kpad: int, fp32: bool) -> dict:
     """Tiles shared by the top-k pass and the read that follows it (bit-identical logits).
 
     BLOCK_N shrinks as k grows so that the [BLOCK_N, KPAD] buffer stays in registers. Both
     launches also pass enable_fp_fusion=False, so that no FMA contraction can differ between
-    the two compiled kernels.
+    the two compiled kernels. Spill-free on sm_90a for every kpad at bf16/fp16 and fp32
+    (checked offline as the tile lists above), once fp32 at kpad ≤ 64 takes 8 warps (with
+    4 the thresholded read spills 1.1 KB).
     """
     if interpreting():
         return dict(_INTERPRETER_CONFIG.kwargs, num_warps=4, num_stages=1)
     block_n = 64 if kpad <= 64 else (32 if kpad <= 128 else 16)
-    return {"BLOCK_N": block_n, "BLOCK_M": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 2}
+    num_warps = 8 if fp32 and kpad <= 64 else 4
+    return {"BLOCK_N": block_n, "BLOCK_M": 64, "BLOCK_V": 64, "num_warps": num_warps, "num_stages": 2}
 
 
 def _topk_splits(query_tiles: int, batch: int, key_tiles: int, device: torch.device) -> int:
@@ -361,7 +383,7 @@ def _memory_read_launch(query_key, memory_key, memory_value, key_bias, scale, to
     # Top-k: pass 1 writes each split's k best logits, the k-th largest of those is the
     # threshold, pass 2 reads with the same tiles.
     kpad = triton.next_power_of_2(top_k)
-    config = _topk_config(kpad)
+    config = _topk_config(kpad, fp32=flags["QK_FP32"] or flags["PV_FP32"])
     block_n, block_m = config["BLOCK_N"], config["BLOCK_M"]
     query_tiles = triton.cdiv(num_queries, block_n)
     key_tiles = triton.cdiv(num_keys, block_m)

@@ -285,20 +285,27 @@ def test_real_sizes(frames, objects, top_k, dtype):
     assert_matches_reference(memory_read(*inputs, top_k=top_k), *inputs, top_k=top_k)
 
 
+@pytest.mark.parametrize("fp32", [False, True])
 @pytest.mark.parametrize("block_ck, num_queries, value_channels", [(64, 1620, 1024), (128, 1620, 1024), (128, 40, 32)])
-def test_cuda_config_pruning(block_ck, num_queries, value_channels):
-    """The CUDA autotuner never gets an empty list, never tiles larger than the problem when
-    smaller ones exist, and only two pipeline stages for 128-channel key tiles."""
+def test_cuda_config_pruning(block_ck, num_queries, value_channels, fp32):
+    """The CUDA autotuner gets only the tiles checked spill-free for the operand precision,
+    never an empty list, never tiles larger than the problem when smaller ones exist, and
+    only two pipeline stages for 128-channel key tiles."""
     import importlib
 
     kernel_module = importlib.import_module("remn.kernels.memory_read")  # the module, not the function
+    own = kernel_module._CONFIGS_FP32 if fp32 else kernel_module._CONFIGS_16BIT
     kept = kernel_module._prune_configs(
-        kernel_module._CUDA_CONFIGS, {"N": num_queries, "OCV": value_channels, "CK": block_ck}, BLOCK_CK=block_ck,
+        kernel_module._CONFIGS_16BIT + kernel_module._CONFIGS_FP32,
+        {"N": num_queries, "OCV": value_channels, "CK": block_ck}, BLOCK_CK=block_ck, QK_FP32=fp32, PV_FP32=fp32,
     )
     assert kept
+    assert all(any(c.kwargs == o.kwargs and c.num_warps == o.num_warps for o in own) for c in kept)
     if block_ck > 64:
         assert all(c.num_stages <= 2 for c in kept)
     else:
-        assert [c.num_stages for c in kept] == [c.num_stages for c in kernel_module._CUDA_CONFIGS]
+        assert kept == own
     if num_queries <= 64:
-        assert all(c.kwargs["BLOCK_N"] == 64 for c in kept)
+        assert all(c.kwargs["BLOCK_N"] <= 64 for c in kept)
+    if value_channels <= 64:
+        assert all(c.kwargs["BLOCK_V"] <= 64 for c in kept)
