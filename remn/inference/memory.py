@@ -270,7 +270,7 @@ class FrameBankMemory(MemoryManager):
     def observe(self, frame_index, features, probs, *, annotated):
         if self._first_frame is None:
             raise RuntimeError("observe before any object group was added")
-        self.resolve_pending()  # the previous frame's decision sets the reference for this one
+        self._resolve_decision()  # the previous frame's decision sets the reference for this one
         labels = probs[0].argmax(dim=0) if self.config.update == "adaptive" else None  # [h, w] channel indices
         if annotated:
             decision = Decision(True)
@@ -290,6 +290,10 @@ class FrameBankMemory(MemoryManager):
         if self._gate_scores is not None:
             scores, self._gate_scores = self._gate_scores.get().tolist(), None
             self._update_gate(scores)
+        self._resolve_decision()
+
+    def _resolve_decision(self) -> None:
+        """Read the last observed frame's decision: skip it, or make it the newest memorised."""
         pending = self._pending
         if pending is None or pending.resolved:
             return
