@@ -234,7 +234,8 @@ class Segmenter:
             started = time.perf_counter()
             torch.cuda.synchronize(self.device)
             self.seconds += time.perf_counter() - started
-        self.memory.resolve_pending()
+        with torch.inference_mode(), self._on_device():  # a gate drop compacts the bank in place
+            self.memory.resolve_pending()
         stats = self.memory.stats
         return VideoReport(
             name=name,
