@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from common import add_speedups, device_peaks, measure_variants, progress
+from common import compare_kernel, progress
 from remn import ops, reference
 
 
@@ -64,15 +64,11 @@ def problem(case, device: torch.device, dtype: torch.dtype):
 
 
 def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int) -> list[dict]:
-    peaks = device_peaks(device)
     results = []
     for case in progress(cases(quick), "memory read"):
         name, batch, key_dim, value_dim, num_queries, frames, objects, top_k = case
         variants, flops, bytes_moved = problem(case, device, dtype)
-        rows = measure_variants(variants, device, flops, bytes_moved, peaks, dtype, repeats)
-        if "ms" in rows.get("fused", {}):
-            rows["fused"]["max_abs_diff"] = (variants["fused"]().float() - variants["reference"]().float()).abs().max().item()
-        add_speedups(rows, "fused", ("reference", "sdpa"))
+        rows = compare_kernel(variants, device, flops, bytes_moved, dtype, repeats, ("reference", "sdpa"))
         results.append({"op": "memory_read", "case": name, "B": batch, "Ck": key_dim, "Cv": value_dim, "N": num_queries,
                         "T": frames, "O": objects, "top_k": top_k, "dtype": str(dtype).removeprefix("torch."),
                         "gflop": flops / 1e9, **rows})

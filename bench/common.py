@@ -207,6 +207,18 @@ def measure_variants(variants: dict[str, Callable[[], object]], device, flops, b
     return rows
 
 
+def compare_kernel(variants: dict[str, Callable[[], object]], device, flops, bytes_moved, dtype, repeats,
+                   baselines: tuple[str, ...]) -> dict[str, dict]:
+    """One kernel case: each variant timed with its rates (`measure_variants`); the fused
+    row also gets its largest difference from the reference and its speed-up over each
+    baseline that ran."""
+    rows = measure_variants(variants, device, flops, bytes_moved, device_peaks(device), dtype, repeats)
+    if "ms" in rows.get("fused", {}):
+        rows["fused"]["max_abs_diff"] = (variants["fused"]().float() - variants["reference"]().float()).abs().max().item()
+    add_speedups(rows, "fused", baselines)
+    return rows
+
+
 def add_speedups(rows: dict[str, dict], fast: str, baselines: tuple[str, ...]) -> None:
     """rows[fast]['x_<baseline>'] = baseline time / fast time, where both ran."""
     if "ms" not in rows.get(fast, {}):
