@@ -19,8 +19,12 @@ Design:
   value, and only as many rounds as the busiest row needs (≤ k): late in the stream a tile
   rarely needs more than one or two rounds. The keys are split over programs for occupancy;
   each split writes its k best logits ([B, splits, N, k]), the launcher takes the k-th largest
-  of those few values per query (`torch.topk` over splits·k), and the read kernel keeps only
-  logits ≥ that threshold (ties included, like the reference). Memory O(N·(Cv + splits·k)).
+  of those few values per query (`torch.topk` over splits·k) and counts how many of them lie
+  strictly above it (every key above the k-th value is in its split's k best, so the count
+  is exact): the read keeps exactly k keys per query, like the reference, all those above
+  the threshold and the first k − #above of those equal to it in key order (a running count
+  of ties carried from tile to tile, with a `tl.cumsum` inside each tile). Memory
+  O(N·(Cv + splits·k)).
   Both kernels compute logit tiles with the same helper, the same tile sizes and warps, the
   same precomputed |k|² and no FP contraction, so a key's logit is bit-identical in both
   passes and the k-th key is never lost to rounding.
@@ -112,7 +116,7 @@ def _load_query_tile(q_base, stride_qc, stride_qn, offs_n, N, CK, QK_FP32: tl.co
 
 @triton.jit
 def _memory_read_fwd_kernel(
-    q_ptr, k_ptr, key_sq_ptr, v_ptr, bias_ptr, thr_ptr, out_ptr,
+    q_ptr, k_ptr, key_sq_ptr, v_ptr, bias_ptr, thr_ptr, ties_ptr, out_ptr,
     stride_qb, stride_qc, stride_qn,
     stride_kb, stride_kc, stride_km, stride_sb,
     stride_vb, stride_vo, stride_vc, stride_vm,
@@ -124,7 +128,12 @@ def _memory_read_fwd_kernel(
     QK_FP32: tl.constexpr, PV_FP32: tl.constexpr, CK_SINGLE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CK: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
-    """out[b, c, i] for BLOCK_N queries i and BLOCK_V flattened value channels c = o·Cv + cv."""
+    """out[b, c, i] for BLOCK_N queries i and BLOCK_V flattened value channels c = o·Cv + cv.
+
+    HAS_THRESHOLD (top-k): query i reads the keys whose logit is above thr[b, i], and of those
+    equal to it the first ties[b, i] in key order; thr and ties share the strides (stride_tb,
+    stride_tn).
+    """
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -145,6 +154,8 @@ def _memory_read_fwd_kernel(
     q_tile = _load_query_tile(q_base, stride_qc, stride_qn, offs_n, N, CK, QK_FP32, BLOCK_CK)
     if HAS_THRESHOLD:
         threshold = tl.load(thr_ptr + pid_b * stride_tb + offs_n * stride_tn, mask=mask_n, other=float("-inf"))
+        ties_allowed = tl.load(ties_ptr + pid_b * stride_tb + offs_n * stride_tn, mask=mask_n, other=0)
+        ties_seen = tl.zeros([BLOCK_N], dtype=tl.int32)  # keys equal to the threshold in earlier tiles
 
     row_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     row_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -156,7 +167,11 @@ def _memory_read_fwd_kernel(
             offs_n, offs_m, N, M, CK, scale, HAS_BIAS, QK_FP32, CK_SINGLE, BLOCK_N, BLOCK_M, BLOCK_CK,
         )  # [BLOCK_N, BLOCK_M]
         if HAS_THRESHOLD:
-            logits = tl.where(logits >= threshold[:, None], logits, float("-inf"))
+            tied = logits == threshold[:, None]  # [BLOCK_N, BLOCK_M]
+            tie_rank = tl.cumsum(tied.to(tl.int32), axis=1) + ties_seen[:, None]  # 1-based among the row's ties
+            keep = (logits > threshold[:, None]) | (tied & (tie_rank <= ties_allowed[:, None]))
+            ties_seen += tl.sum(tied.to(tl.int32), axis=1)
+            logits = tl.where(keep, logits, float("-inf"))
         # Online softmax; a row that has seen only −inf keeps max −inf and subtracts 0.
         new_max = tl.maximum(row_max, tl.max(logits, axis=1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
@@ -373,7 +388,7 @@ def _memory_read_launch(query_key, memory_key, memory_value, key_bias, scale, to
             return (triton.cdiv(num_queries, meta["BLOCK_N"]), value_tiles, batch)
 
         tuned_launcher(_memory_read_fwd_tuned, _INTERPRETER_CONFIG)[grid](
-            query_key, memory_key, key_sq, memory_value, bias, out, out,  # thr_ptr unused
+            query_key, memory_key, key_sq, memory_value, bias, out, out, out,  # thr_ptr, ties_ptr unused
             *common_args, *value_strides, stride_bb, stride_bm, 0, 0, *out_flat.stride(),
             num_queries, num_keys, key_dim, value_dim, num_objects * value_dim, scale,
             HAS_THRESHOLD=False, **flags,
@@ -381,7 +396,7 @@ def _memory_read_launch(query_key, memory_key, memory_value, key_bias, scale, to
         return out
 
     # Top-k: pass 1 writes each split's k best logits, the k-th largest of those is the
-    # threshold, pass 2 reads with the same tiles.
+    # threshold, pass 2 reads exactly k keys with the same tiles.
     kpad = triton.next_power_of_2(top_k)
     config = _topk_config(kpad, fp32=flags["QK_FP32"] or flags["PV_FP32"])
     block_n, block_m = config["BLOCK_N"], config["BLOCK_M"]
@@ -401,9 +416,11 @@ def _memory_read_launch(query_key, memory_key, memory_value, key_bias, scale, to
     )
     candidates = partial.permute(0, 2, 1, 3).reshape(batch, num_queries, splits * top_k)  # [B, N, splits·k]
     threshold = candidates.topk(top_k, dim=2).values[..., -1].contiguous()  # [B, N]: k-th largest logit
+    # Places left for keys tied at the threshold, ≥ 1: every key above it is among the candidates.
+    ties_allowed = (top_k - (candidates > threshold[..., None]).sum(dim=2)).to(torch.int32)  # [B, N], contiguous
     grid = (query_tiles, triton.cdiv(num_objects * value_dim, config["BLOCK_V"]), batch)
     _memory_read_fwd_kernel[grid](
-        query_key, memory_key, key_sq, memory_value, bias, threshold, out,
+        query_key, memory_key, key_sq, memory_value, bias, threshold, ties_allowed, out,
         *common_args, *value_strides, stride_bb, stride_bm, threshold.stride(0), threshold.stride(1),
         *out_flat.stride(),
         num_queries, num_keys, key_dim, value_dim, num_objects * value_dim, scale,
@@ -448,8 +465,9 @@ def memory_read(
 
         out[b, o, :, i] = Σ_j softmax_j(scale·(2⟨q_bi, k_bj⟩ − |k_bj|²) + key_bias[b, j]) · v[b, o, :, j]
 
-    scale defaults to 1/sqrt(Ck). With `top_k=k` (k < M, k ≤ MAX_FUSED_TOP_K) only keys
-    whose logit is ≥ the query's k-th largest take part; k ≥ M is the plain read. Keys with
+    scale defaults to 1/sqrt(Ck). With `top_k=k` (k < M, k ≤ MAX_FUSED_TOP_K) exactly k keys
+    take part per query, its k largest logits with ties at the k-th value taken in key
+    order (as `remn.reference.top_k_mask`); k ≥ M is the plain read. Keys with
     −inf bias take no part; a query with no remaining key reads zeros.
 
     Tensors: CUDA (or CPU under TRITON_INTERPRET=1), fp32/fp16/bf16, any strides; the

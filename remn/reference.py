@@ -49,6 +49,20 @@ def _safe_softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
     return weights / total.clamp_min(torch.finfo(weights.dtype).tiny)
 
 
+def top_k_mask(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """logits [B, M, N] → bool [B, M, N]: per query n, exactly `top_k` keys (top_k ≤ M), the
+    largest logits, ties at the k-th largest value taken in order of key index.
+
+    The keys above the k-th value all take part; of those equal to it, the first
+    k − #above along M do. Deterministic on every device, unlike `torch.topk`'s indices.
+    """
+    kth_largest = logits.topk(top_k, dim=1).values[:, -1:, :]  # [B, 1, N]
+    above = logits > kth_largest  # [B, M, N]
+    tied = logits == kth_largest  # [B, M, N]
+    places_left = top_k - above.sum(dim=1, keepdim=True)  # [B, 1, N], ≥ 1
+    return above | (tied & (tied.cumsum(dim=1) <= places_left))
+
+
 def check_memory_read_args(query_key, memory_key, memory_value, key_bias, top_k):
     """Validate `memory_read` arguments; returns (B, Ck, N, M, O, Cv)."""
     _check_rank("query_key", query_key, 3, "[B, Ck, N]")
@@ -93,7 +107,8 @@ def memory_read(
     query_key: [B, Ck, N]; memory_key: [B, Ck, M]; memory_value: [B, O, Cv, M];
     key_bias: [B, M] or None (the log of each memory frame's gate score, per position).
     Returns [B, O, Cv, N]: out[b, o, :, i] = Σ_j softmax_j(logit[b, i, j]) · v[b, o, :, j].
-    With `top_k=k` only the keys whose logit is ≥ the query's k-th largest logit take part.
+    With `top_k=k` exactly k keys take part per query (STCN's `softmax_w_top`): its k
+    largest logits, ties at the k-th value broken towards the lowest key index.
     """
     check_memory_read_args(query_key, memory_key, memory_value, key_bias, top_k)
     key_dim, num_keys = memory_key.shape[1], memory_key.shape[2]
@@ -105,8 +120,7 @@ def memory_read(
     if key_bias is not None:
         logits = logits + key_bias.float()[:, :, None]
     if top_k is not None and top_k < num_keys:
-        kth_largest = logits.topk(top_k, dim=1).values[:, -1:, :]  # [B, 1, N]
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+        logits = logits.masked_fill(~top_k_mask(logits, top_k), float("-inf"))
     probs = _safe_softmax(logits, dim=1)  # [B, M, N]
     out = torch.einsum("bocm,bmn->bocn", memory_value.float(), probs)  # [B, O, Cv, N]
     return out.to(memory_value.dtype)

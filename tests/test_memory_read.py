@@ -60,8 +60,7 @@ def read_at_dtype(query_key, memory_key, memory_value, key_bias, scale=None, top
         logits32 = logits32 + key_bias.float()[:, :, None]
         logits = logits + key_bias.to(dtype)[:, :, None]
     if top_k is not None and top_k < logits.shape[1]:
-        kth = logits32.topk(top_k, dim=1).values[:, -1:, :]
-        logits = logits.masked_fill(logits32 < kth, float("-inf"))
+        logits = logits.masked_fill(~reference.top_k_mask(logits32, top_k), float("-inf"))
     probs = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all −inf columns read zeros
     finite = logits32[torch.isfinite(logits32)]
     logit_magnitude = finite.abs().max().item() if finite.numel() else 0.0
@@ -126,12 +125,15 @@ def test_top_k_matches_reference(shape, top_k, dtype):
     assert_matches_reference(memory_read(*inputs, top_k=top_k), *inputs, top_k=top_k)
 
 
-@pytest.mark.parametrize("top_k", [1, 3, 6])
-def test_top_k_keeps_ties(top_k):
-    """Every key tied with the k-th largest logit takes part (≥ threshold), like the reference.
+@pytest.mark.parametrize("top_k", [1, 3, 6, 29, 30, 45])
+def test_top_k_keeps_exactly_k_with_ties_in_key_order(top_k):
+    """Exactly k keys per query, ties at the k-th logit taken in key order, like the
+    reference; k ≥ M (30) reads every key.
 
     Small integer keys and queries with scale 1/4 make every logit exact in fp32, and each
-    key appears twice, so the k-th largest logit is always shared by at least two keys.
+    key appears twice (15 positions apart: the copies fall in different key tiles and
+    top-k splits) with different values, so the k-th largest logit is shared by at least
+    two keys and reading the wrong copy changes the output.
     """
     gen = torch.Generator().manual_seed(7)
     key_dim, queries, half = 4, 20, 15
@@ -141,11 +143,17 @@ def test_top_k_keeps_ties(top_k):
     memory_value = torch.randn(1, 2, 3, 2 * half, generator=gen).to(DEVICE)
     key_bias = torch.zeros(1, 2 * half, device=DEVICE)
     logits = 0.25 * (2 * torch.einsum("bcm,bcn->bmn", memory_key, query_key) - memory_key.pow(2).sum(1)[:, :, None])
-    kept = (logits >= logits.topk(top_k, dim=1).values[:, -1:]).sum(1)
-    assert (kept > top_k).any(), "the test must produce ties at the threshold"
+    if top_k < 2 * half:
+        at_least_kth = (logits >= logits.topk(top_k, dim=1).values[:, -1:]).sum(1)
+        assert (at_least_kth > top_k).any(), "the test must produce ties at the threshold"
     out = memory_read(query_key, memory_key, memory_value, key_bias, scale=0.25, top_k=top_k)
     expected = reference.memory_read(query_key, memory_key, memory_value, key_bias, scale=0.25, top_k=top_k)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    # Spelled out: the k best in order of (−logit, key index).
+    order = sorted(range(2 * half), key=lambda j: (-logits[0, j, 0].item(), j))[: min(top_k, 2 * half)]
+    weights = torch.softmax(logits[0, order, 0], dim=0)  # [k]
+    spelled = torch.einsum("ocm,m->oc", memory_value[0][:, :, order], weights)  # [O, Cv] for query 0
+    torch.testing.assert_close(out[0, :, :, 0], spelled, rtol=1e-5, atol=1e-6)
 
 
 def test_all_excluded_rows_read_zeros():

@@ -20,8 +20,11 @@ def naive_memory_read(query_key, memory_key, memory_value, key_bias=None, top_k=
                 logits.append(logit + (float(key_bias[b, j]) if key_bias is not None else 0.0))
             logits = torch.tensor(logits, dtype=torch.float64)
             if top_k is not None and top_k < num_keys:
-                kth = sorted(logits.tolist(), reverse=True)[top_k - 1]
-                logits = torch.where(logits >= kth, logits, torch.tensor(-math.inf, dtype=torch.float64))
+                # exactly k keys: the largest logits, ties taken in key order
+                ranked = sorted(range(num_keys), key=lambda j: (-logits[j].item(), j))
+                dropped = torch.ones(num_keys, dtype=torch.bool)
+                dropped[ranked[:top_k]] = False
+                logits = logits.masked_fill(dropped, -math.inf)
             if torch.isinf(logits).all():
                 continue  # every key excluded: zeros
             weights = torch.softmax(logits, dim=0)
@@ -66,6 +69,25 @@ def test_memory_read_matches_naive(num_keys, num_objects, top_k):
     want = naive_memory_read(query_key, memory_key, memory_value, key_bias, top_k)
     assert got.shape == (2, num_objects, 5, 7)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 5, 8, 9])
+def test_memory_read_top_k_keeps_exactly_k_with_ties_in_key_order(top_k):
+    """Each key appears twice with different values; logits are exact in fp64 and fp32, so
+    the k-th largest is tied and which copy is read changes the output."""
+    query_key = torch.randint(-2, 3, (2, 4, 6)).double()
+    keys = torch.randint(-2, 3, (2, 4, 4)).double()
+    memory_key = torch.cat([keys, keys[:, :, :1]], dim=2)  # [2, 4, 5]: key 0 again at the end
+    memory_key = torch.cat([memory_key, keys], dim=2)  # [2, 4, 9]
+    memory_value = torch.randn(2, 2, 3, 9, dtype=torch.float64)
+    got = reference.memory_read(query_key, memory_key, memory_value, top_k=top_k)
+    logits = 0.5 * (2 * torch.einsum("bcm,bcn->bmn", memory_key, query_key) - memory_key.pow(2).sum(1)[:, :, None])
+    kept = reference.top_k_mask(logits, top_k)
+    assert (kept.sum(1) == min(top_k, 9)).all()
+    at_least_kth = logits >= logits.topk(top_k, dim=1).values[:, -1:]
+    assert (at_least_kth.sum(1) > top_k).any() or top_k == 9, "the test must produce ties at the k-th logit"
+    want = naive_memory_read(query_key, memory_key, memory_value, None, top_k)
+    torch.testing.assert_close(got, want.to(got.dtype))
 
 
 def test_memory_read_excluded_keys_and_all_excluded_rows():
