@@ -28,6 +28,9 @@ class ModelConfig:
     local_attention: bool = True  # windowed attention to the previous frame
     local_radius: int = 7
     memory: str = "remn"  # "remn": gated dynamic bank; "rde": recurrent dynamic embedding
+    # RDE's compressor: the SAM's (1, 2, 2) max-pool floors as published (an odd last row or
+    # column of the key map takes no part in the non-local keys); True pools it too (ceil_mode).
+    rde_pool_ceil_mode: bool = False
 
     def __post_init__(self):
         for name in ("key_dim", "value_dim", "key_width", "value_width", "gate_hidden"):

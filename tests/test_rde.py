@@ -67,17 +67,20 @@ def test_only_rde_memory_builds_a_compressor():
 
 # ------------------------------------------------------------ shapes
 @pytest.mark.parametrize("batch, objects, height, width", [(1, 1, 4, 6), (2, 3, 5, 7), (1, 2, 1, 9), (2, 1, 3, 1)])
-def test_compress_shapes_including_odd_sizes(batch, objects, height, width):
-    compressor = MemoryCompressor(KEY_DIM, VALUE_DIM)
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_compress_shapes_including_odd_sizes(batch, objects, height, width, ceil_mode):
+    compressor = MemoryCompressor(KEY_DIM, VALUE_DIM, ceil_mode=ceil_mode)
     embedding_key, new_key = torch.randn(2, batch, KEY_DIM, height, width)
     embedding_value, new_value = torch.randn(2, batch, objects, VALUE_DIM, height, width)
     key, value = compressor(embedding_key, embedding_value, new_key, new_value)
     assert key.shape == (batch, KEY_DIM, height, width)
     assert value.shape == (batch, objects, VALUE_DIM, height, width)
     assert torch.isfinite(key).all() and torch.isfinite(value).all()
-    # every position is pooled into a key: M = 2·⌈h/2⌉·⌈w/2⌉
-    pooled = compressor.key_encoder.non_local.phi(torch.stack([embedding_key, new_key], dim=2))
-    assert pooled.shape[2:] == (2, -(-height // 2), -(-width // 2))
+    # floor (published): M = 2·⌊h/2⌋·⌊w/2⌋, none at h or w = 1; ceil: every position, 2·⌈h/2⌉·⌈w/2⌉
+    non_local = compressor.key_encoder.non_local
+    pooled = non_local._pooled(non_local.phi, torch.stack([embedding_key, new_key], dim=2))  # [B, C/2, M]
+    rounding = (lambda n: -(-n // 2)) if ceil_mode else (lambda n: n // 2)
+    assert pooled.shape[2] == 2 * rounding(height) * rounding(width)
 
 
 def test_objects_are_compressed_independently():
@@ -148,12 +151,12 @@ def test_non_local_aggregate_matches_naive_loop(channels, num_queries, num_keys)
     torch.testing.assert_close(low.float(), expected.float(), rtol=2e-2, atol=2e-2)
 
 
-def functional_sam(sam, x):
+def functional_sam(sam, x, ceil_mode):
     """The SAM written out from its description, with the module's weights."""
     nl, aspp = sam.non_local, sam.conv1
     theta = F.conv3d(x, nl.theta.weight, nl.theta.bias).flatten(2)
-    phi = F.max_pool3d(F.conv3d(x, nl.phi[0].weight, nl.phi[0].bias), (1, 2, 2), ceil_mode=True).flatten(2)
-    g = F.max_pool3d(F.conv3d(x, nl.g[0].weight, nl.g[0].bias), (1, 2, 2), ceil_mode=True).flatten(2)
+    phi = F.max_pool3d(F.conv3d(x, nl.phi[0].weight, nl.phi[0].bias), (1, 2, 2), ceil_mode=ceil_mode).flatten(2)
+    g = F.max_pool3d(F.conv3d(x, nl.g[0].weight, nl.g[0].bias), (1, 2, 2), ceil_mode=ceil_mode).flatten(2)
     f = theta.transpose(1, 2) @ phi / phi.shape[2]  # no softmax
     y = (f @ g.transpose(1, 2)).transpose(1, 2).reshape(x.shape[0], -1, *x.shape[2:])
     x = x + F.conv3d(y, nl.W.weight, nl.W.bias)
@@ -163,22 +166,31 @@ def functional_sam(sam, x):
     return x + F.relu(F.conv3d(torch.cat(branches, 1), aspp.conv1.weight, padding=(0, 1, 1)))
 
 
+@pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("height, width", [(4, 6), (5, 3)])
-def test_compressor_matches_its_description(height, width):
-    compressor = MemoryCompressor(KEY_DIM, VALUE_DIM).double()
+def test_compressor_matches_its_description(height, width, ceil_mode):
+    compressor = MemoryCompressor(KEY_DIM, VALUE_DIM, ceil_mode=ceil_mode).double()
     embedding, new = torch.randn(2, 2, KEY_DIM, height, width, dtype=torch.float64)
     x = torch.stack([embedding, new], dim=2)  # embedding first in time
-    expected = F.conv3d(functional_sam(compressor.key_encoder, x), compressor.compress_key.weight,
+    expected = F.conv3d(functional_sam(compressor.key_encoder, x, ceil_mode), compressor.compress_key.weight,
                         compressor.compress_key.bias, padding=(0, 1, 1)).squeeze(2)
     torch.testing.assert_close(compressor.update_key(embedding, new), expected)
 
 
-def test_floor_pooling_agrees_at_even_sizes():
-    ceil = MemoryCompressor(KEY_DIM, VALUE_DIM)
-    floor = MemoryCompressor(KEY_DIM, VALUE_DIM, ceil_mode=False)
+def test_floor_pooling_agrees_at_even_sizes_only():
+    ceil = MemoryCompressor(KEY_DIM, VALUE_DIM, ceil_mode=True)
+    floor = MemoryCompressor(KEY_DIM, VALUE_DIM)  # the published pooling is the default
     floor.load_state_dict(ceil.state_dict())
     embedding, new = torch.randn(2, 1, KEY_DIM, 4, 6)
     torch.testing.assert_close(ceil.update_key(embedding, new), floor.update_key(embedding, new))
+    embedding, new = torch.randn(2, 1, KEY_DIM, 3, 5)  # an odd last row and column: floor drops them
+    assert (ceil.update_key(embedding, new) - floor.update_key(embedding, new)).abs().max() > 1e-4
+
+
+def test_model_config_chooses_the_pooling():
+    assert remn.build_model(config="rde", device="cpu").mem_compress.key_encoder.non_local.phi[1].ceil_mode is False
+    model = remn.build_model(config="tiny", memory="rde", rde_pool_ceil_mode=True, device="cpu")
+    assert model.mem_compress.value_encoder.non_local.g[1].ceil_mode is True
 
 
 # ------------------------------------------------------------ the loss

@@ -17,11 +17,12 @@ Parameter names follow the published RDE-VOS checkpoint (`mem_compress.*`). Ever
 initialisation is PyTorch's default, as in the published code (the non-local block's
 zero-initialised W is commented out there).
 
-Odd spatial sizes: the (1, 2, 2) max-pool under φ and g uses `ceil_mode=True`, so an odd
-row or column forms its own half-empty window and every position of x takes part; the
-published block floors, which silently drops the last row/column from the keys and leaves
-no keys at all when h or w is 1. At even h and w (DAVIS and YouTube-VOS at 480p) the two
-agree exactly; `ceil_mode=False` reproduces the published block at odd sizes too.
+Odd spatial sizes: the (1, 2, 2) max-pool under φ and g floors, as the published block
+does, so an odd last row or column of the key map takes no part in the non-local keys (and
+there are no keys at all when h or w is 1: the aggregation then reads zeros). At even h
+and w (DAVIS and YouTube-VOS at 480p) every position takes part either way;
+`ceil_mode=True` (`ModelConfig.rde_pool_ceil_mode`) pools the odd row/column as a window
+of its own instead, which the published checkpoints were not trained with.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def non_local_aggregate(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
 
         out[b, :, n] = (1/M) Σ_m value[b, :, m] ⟨key[b, :, m], query[b, :, n]⟩
 
-    In the SAM, N = 2·h·w (every position of both frames) and M = 2·⌈h/2⌉·⌈w/2⌉ (the
+    In the SAM, N = 2·h·w (every position of both frames) and M = 2·⌊h/2⌋·⌊w/2⌋ (the
     pooled positions). Computed in fp32 (fp64 stays fp64); returns query's dtype.
 
     There is no fused path: `remn.ops.memory_read` and its Triton kernel compute a softmax
@@ -75,7 +76,7 @@ class NonLocalBlock3d(nn.Module):
     φ(x), g(x); θ, φ, g map C → C/2 and W maps back, all 1×1×1 convolutions.
     """
 
-    def __init__(self, channels: int, ceil_mode: bool = True):
+    def __init__(self, channels: int, ceil_mode: bool = False):
         super().__init__()
         inner = max(channels // 2, 1)
         self.inner = inner
@@ -87,10 +88,19 @@ class NonLocalBlock3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         query = self.theta(x).flatten(2)  # [N, C/2, T·h·w]
-        key = self.phi(x).flatten(2)  # [N, C/2, M], M = T·⌈h/2⌉·⌈w/2⌉
-        value = self.g(x).flatten(2)  # [N, C/2, M]
+        key = self._pooled(self.phi, x)  # [N, C/2, M], M = T·⌊h/2⌋·⌊w/2⌋ (⌈⌉ with ceil_mode)
+        value = self._pooled(self.g, x)  # [N, C/2, M]
         y = non_local_aggregate(query, key, value).view(batch, self.inner, *x.shape[2:])  # [N, C/2, T, h, w]
         return x + self.W(y)
+
+    @staticmethod
+    def _pooled(branch: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """φ or g: the 1×1×1 convolution, then the (1, 2, 2) max-pool → [N, C/2, M]. A floor
+        pool over h or w = 1 leaves no position (M = 0), where MaxPool3d would raise."""
+        projected = branch[0](x)  # [N, C/2, T, h, w]
+        if min(x.shape[-2:]) < 2 and not branch[1].ceil_mode:
+            return projected.new_zeros(*projected.shape[:2], 0)
+        return branch[1](projected).flatten(2)
 
 
 class _AtrousBranch(nn.Module):
@@ -135,7 +145,7 @@ class SpatioTemporalAggregation(nn.Module):
     """RDE's SAM without the squeeze: x [N, C, T, h, w] → x_agg + ASPP(x_agg), same shape,
     with x_agg = NonLocalBlock3d(x)."""
 
-    def __init__(self, channels: int, ceil_mode: bool = True):
+    def __init__(self, channels: int, ceil_mode: bool = False):
         super().__init__()
         self.non_local = NonLocalBlock3d(channels, ceil_mode)
         self.conv1 = ASPP3d(channels)
@@ -160,7 +170,7 @@ class MemoryCompressor(nn.Module):
     The squeeze convolutions are `compress_key` / `compress_value`: the checkpoint's names.
     """
 
-    def __init__(self, key_dim: int = 64, value_dim: int = 512, *, ceil_mode: bool = True):
+    def __init__(self, key_dim: int = 64, value_dim: int = 512, *, ceil_mode: bool = False):
         super().__init__()
         self.key_dim = key_dim
         self.value_dim = value_dim
