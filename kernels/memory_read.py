@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from remn.reference import check_memory_read_args
+from remn.reference import check_memory_read_args, key_square_norms
 from remn.reference import memory_read as reference_memory_read
 
 from ._common import (
@@ -375,7 +375,7 @@ def _memory_read_launch(query_key, memory_key, memory_value, key_bias, scale, to
     )
     # |k|² once per key, in fp32 exactly as the reference computes it; both top-k passes and
     # every query/channel tile read these bits instead of re-reducing the key tile.
-    key_sq = memory_key.float().pow(2).sum(dim=1)  # [B, M], contiguous
+    key_sq = key_square_norms(memory_key)  # [B, M], contiguous
     common_args = (
         query_key.stride(0), query_key.stride(1), query_key.stride(2),
         memory_key.stride(0), memory_key.stride(1), memory_key.stride(2), key_sq.stride(0),

@@ -49,6 +49,16 @@ def _safe_softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
     return weights / total.clamp_min(torch.finfo(weights.dtype).tiny)
 
 
+def key_square_norms(memory_key: torch.Tensor) -> torch.Tensor:
+    """memory_key [B, Ck, M] → |k_j|² [B, M] in fp32, the same bits for equal keys.
+
+    Reduced along a contiguous channel axis, one key at a time, so that two equal keys get
+    equal norms wherever they sit in memory (a reduction over the strided channel axis can
+    round a key differently by its position, which would break exact top-k ties at random).
+    """
+    return memory_key.float().transpose(1, 2).contiguous().pow(2).sum(dim=2)  # [B, M]
+
+
 def top_k_mask(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     """logits [B, M, N] → bool [B, M, N]: per query n, exactly `top_k` keys (top_k ≤ M), the
     largest logits, ties at the k-th largest value taken in order of key index.
@@ -115,7 +125,7 @@ def memory_read(
     scale = 1.0 / math.sqrt(key_dim) if scale is None else scale
     query = query_key.float()
     keys = memory_key.float()
-    key_sq = keys.pow(2).sum(dim=1)  # [B, M]
+    key_sq = key_square_norms(keys)  # [B, M]
     logits = scale * (2.0 * torch.einsum("bcm,bcn->bmn", keys, query) - key_sq[:, :, None])  # [B, M, N]
     if key_bias is not None:
         logits = logits + key_bias.float()[:, :, None]

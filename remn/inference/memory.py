@@ -52,7 +52,7 @@ from remn.inference.config import InferenceConfig
 from remn.inference.host import Decision, HostCopy, to_device
 from remn.inference.objects import ObjectGroup
 from remn.model.masks import soft_aggregate
-from remn.model.network import FrameFeatures
+from remn.model.network import FrameFeatures, crop_padding
 
 UNBOUNDED_INITIAL_SLOTS = 16
 
@@ -88,13 +88,15 @@ class MemoryManager(ABC):
     def segment(
         self, features: FrameFeatures, previous: tuple[FrameFeatures, torch.Tensor] | None
     ) -> torch.Tensor:
-        """The query frame's aggregated probabilities [1, O+1, h, w] (background first) for
-        the O objects of the groups added so far; previous: (features, object probabilities
-        [1, O, h, w]) of the previous frame for the local attention branch, or None."""
+        """The query frame's aggregated probabilities [1, O+1, Hp, Wp] over the padded frame
+        (background first) for the O objects of the groups added so far; previous:
+        (features, object probabilities [1, O, Hp, Wp]) of the previous frame for the local
+        attention branch, or None."""
 
     @abstractmethod
     def observe(self, frame_index: int, features: FrameFeatures, probs: torch.Tensor, *, annotated: bool) -> Decision:
-        """The frame's final probabilities [1, O+1, h, w]; annotated: the frame had a mask.
+        """The frame's final probabilities [1, O+1, Hp, Wp] over the padded frame (what a
+        memorised frame encodes, band included); annotated: the frame had a mask.
         Returns whether the frame goes into memory (its `get()` may wait for the device)."""
 
     def resolve_pending(self) -> None:
@@ -211,11 +213,11 @@ def mask_change(labels: torch.Tensor, reference: torch.Tensor, num_objects: int)
 @dataclass
 class _Pending:
     features: FrameFeatures
-    object_probs: torch.Tensor  # [1, O, h, w]
+    object_probs: torch.Tensor  # [1, O, Hp, Wp], the padding band included
     frame: int
     protected: bool
     decision: Decision  # whether the frame enters memory
-    labels: torch.Tensor | None  # adaptive update: its channel labels [h, w], the next change's reference
+    labels: torch.Tensor | None  # adaptive update: its channel labels [H, W], the next change's reference
     resolved: bool = False  # decision read and applied to the policy state
 
 
@@ -231,7 +233,7 @@ class FrameBankMemory(MemoryManager):
         self._entry_frames: set[int] = set()
         self._first_frame: int | None = None
         self._last_frame: int | None = None  # last frame chosen for memory
-        self._last_labels: torch.Tensor | None = None  # its channel labels [h, w]
+        self._last_labels: torch.Tensor | None = None  # its channel labels [H, W]
 
     # ------------------------------------------------------------------ groups
     def add_group(self, group: ObjectGroup) -> None:
@@ -260,18 +262,20 @@ class FrameBankMemory(MemoryManager):
         if self._gated() and outputs[0].gate_log_scores is not None:  # group 0 entered first: it reads every slot
             self._gate_scores = HostCopy(outputs[0].gate_log_scores[0].float().exp())  # [T] in (0, 1]
         if len(outputs) == 1:
-            return outputs[0].probs  # [1, O+1, h, w]
+            return outputs[0].padded_probs  # [1, O+1, Hp, Wp]
         # Each group aggregated its own objects; recover their probabilities (sigmoid of the
         # logits is the clamped probability) and aggregate all objects together.
-        object_probs = torch.cat([torch.sigmoid(out.logits[:, 1:]) for out in outputs], dim=1)  # [1, O, h, w]
-        return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, h, w]
+        object_probs = torch.cat([torch.sigmoid(out.padded_logits[:, 1:]) for out in outputs], dim=1)  # [1, O, Hp, Wp]
+        return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, Hp, Wp]
 
     # ------------------------------------------------------------------ write
     def observe(self, frame_index, features, probs, *, annotated):
         if self._first_frame is None:
             raise RuntimeError("observe before any object group was added")
         self._resolve_decision()  # the previous frame's decision sets the reference for this one
-        labels = probs[0].argmax(dim=0) if self.config.update == "adaptive" else None  # [h, w] channel indices
+        labels = None
+        if self.config.update == "adaptive":  # the change is measured on the frame, not the band
+            labels = crop_padding(probs[0], features.padding).argmax(dim=0)  # [H, W] channel indices
         if annotated:
             decision = Decision(True)
         elif self.config.update == "every":

@@ -29,19 +29,22 @@ code, `inference_memory_bank.MemoryBank.add_memory` in compress mode with `use_g
        also kept verbatim as the last frame until the next memorised frame replaces it.
        (This is the published order; it is not "absorb the previous last frame when the
        next one arrives".)
-- What is read. Each group reads its own used slots: [annotated, annotated] until its
-  first memorised frame after the entry (the published [embedding, annotated], the
-  embedding being a copy of the annotated frame then), [annotated, annotated, embedding,
-  last] from then on (the published [embedding, last, annotated, annotated]); top-k as
-  configured (RDE: 40). Reading the annotated frame twice is what the published
-  checkpoints were evaluated with: each of its keys carries double weight in the softmax
-  and takes two top-k places, so a single copy would not reproduce their numbers. The
-  groups' per-object probabilities are soft-aggregated together, as in FrameBankMemory.
+- What is read. Each group reads its own used slots, in the published order: [annotated,
+  annotated] until its first memorised frame after the entry (the published [embedding,
+  annotated], the embedding being a bit-identical copy of the annotated frame then),
+  [embedding, last, annotated, annotated] from then on; top-k as configured (RDE: 40).
+  Reading the annotated frame twice is what the published checkpoints were evaluated
+  with: each of its keys carries double weight in the softmax and takes two top-k places,
+  so a single copy would not reproduce their numbers. The order matters where logits tie
+  at the k-th place (top-k takes tied keys in key order): on a still stretch the last
+  frame's keys equal the annotated frame's, with different values. The groups'
+  per-object probabilities are soft-aggregated together, as in FrameBankMemory.
 - Nothing is dropped: the slots are overwritten in place.
 
 Object groups (objects first annotated on the same frame, `remn.inference.objects`) each
-own four slots (three frames, the annotated one stored twice so that a read is one view):
-keys [1, Ck, 4, h, w] and values [1, O_g, Cv, 4, h, w], allocated when the group's entry
+own four slots (three frames, the annotated one stored twice so that a read is one view,
+the last `used` slots): keys [1, Ck, 4, h, w] and values [1, O_g, Cv, 4, h, w], allocated
+when the group's entry
 frame is written and never resized. This is RDE's own scheme for objects that
 appear mid-video (its YouTube-VOS loop keeps one memory per object, started from the frame
 that annotates it; a later annotation enters the older objects' memories as an ordinary
@@ -54,7 +57,6 @@ keys start at e, with values that match them position by position.
 One difference from the published code, deliberate: "every mem_every frames" counts from
 the last memorised frame, as the published YouTube-VOS loop does; the published DAVIS loop
 counts absolute frame indices, which agrees whenever the first annotation is on frame 0.
-(The slot order differs too, which changes nothing: a read is a softmax over a set of keys.)
 """
 from __future__ import annotations
 
@@ -69,15 +71,15 @@ from remn.inference.objects import ObjectGroup
 from remn.model.masks import soft_aggregate
 from remn.model.network import FrameFeatures
 
-SLOTS = 4  # annotated, annotated again, embedding, last
-ANNOTATED, ANNOTATED_AGAIN, EMBEDDING, LAST = range(SLOTS)
+SLOTS = 4  # the published read order: embedding, last, annotated, annotated again
+EMBEDDING, LAST, ANNOTATED, ANNOTATED_AGAIN = range(SLOTS)
 ENTRY_SLOTS = 2  # read before the first memorised frame after the entry: the annotated frame twice
 
 
 @dataclass
 class _Pending:
     features: FrameFeatures
-    object_probs: torch.Tensor  # [1, O, h, w]
+    object_probs: torch.Tensor  # [1, O, Hp, Wp], the padding band included
     frame: int
 
 
@@ -85,9 +87,9 @@ class _Pending:
 class RDESlots:
     """One object group's memory: four preallocated slots, overwritten in place.
 
-    keys [1, Ck, 4, h, w], values [1, O_g, Cv, 4, h, w] along (annotated, annotated again,
-    embedding, last); `used` of them are read (2 until the first memorised frame after the
-    entry, then 4).
+    keys [1, Ck, 4, h, w], values [1, O_g, Cv, 4, h, w] along (embedding, last, annotated,
+    annotated again); the last `used` of them are read (2, the annotated pair, until the
+    first memorised frame after the entry, then all 4).
     """
 
     keys: torch.Tensor
@@ -104,11 +106,12 @@ class RDESlots:
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of the used slots: keys [1, Ck, T, h, w], values [1, O_g, Cv, T, h, w]."""
-        return self.keys[:, :, : self.used], self.values[:, :, :, : self.used]
+        start = SLOTS - self.used
+        return self.keys[:, :, start:], self.values[:, :, :, start:]
 
 
 class RDEMemory(MemoryManager):
-    """memory="rde": per object group, [annotated ×2, embedding, last] in four fixed slots;
+    """memory="rde": per object group, [embedding, last, annotated ×2] in four fixed slots;
     a memorised frame is compressed into the embedding and becomes the last frame.
 
     model: a REMN built with memory="rde" (it has `mem_compress`); config: an
@@ -148,11 +151,11 @@ class RDEMemory(MemoryManager):
                 self.model.segment(features, keys, values, previous=group_previous, top_k=self.config.top_k)
             )
         if len(outputs) == 1:
-            return outputs[0].probs  # [1, O+1, h, w]
+            return outputs[0].padded_probs  # [1, O+1, Hp, Wp]
         # As in FrameBankMemory: recover each group's object probabilities (sigmoid of the
         # logits) and aggregate all objects together.
-        object_probs = torch.cat([torch.sigmoid(out.logits[:, 1:]) for out in outputs], dim=1)  # [1, O, h, w]
-        return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, h, w]
+        object_probs = torch.cat([torch.sigmoid(out.padded_logits[:, 1:]) for out in outputs], dim=1)  # [1, O, Hp, Wp]
+        return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, Hp, Wp]
 
     # ------------------------------------------------------------------ write
     def observe(self, frame_index, features, probs, *, annotated):

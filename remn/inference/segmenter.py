@@ -5,7 +5,10 @@ the memory for the objects tracked so far (the memory manager, with the previous
 its probabilities for local attention), merge a given mask (it wins for the ids it
 annotates; the other objects keep their prediction outside it), let the memory manager
 decide whether the frame enters memory, and resize the probabilities back to the input
-size (bilinear) before the argmax. Everything runs under `torch.inference_mode()`, under
+size (bilinear) before the argmax. As in the published STCN and RDE-VOS inference, the
+probabilities carried to memory and to the next frame are those of the whole padded frame
+(a multiple of 16), the band the decoder predicted around the frame included; only the
+output is cropped to the frame. Everything runs under `torch.inference_mode()`, under
 `torch.autocast` when `config.amp` is set on CUDA; the same input gives the same output.
 
 On CUDA a step queues its work and returns without waiting for the GPU: the frame goes up
@@ -29,6 +32,7 @@ from remn.inference.host import Decision, to_device
 from remn.inference.memory import make_memory_manager
 from remn.inference.objects import ObjectManager
 from remn.model.masks import probs_to_labels, soft_aggregate
+from remn.model.network import crop_padding
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -115,7 +119,7 @@ class Segmenter:
         self.seconds = 0.0  # host time in step(), plus the device's tail at each report()
         self._input_size: tuple[int, int] | None = None
         self._work_size: tuple[int, int] | None = None
-        self._previous = None  # (FrameFeatures, object probs [1, O, h, w]) of the last frame
+        self._previous = None  # (FrameFeatures, object probs [1, O, Hp, Wp]) of the last frame
 
     # ------------------------------------------------------------------ inputs
     def _frame_tensor(self, frame) -> torch.Tensor:
@@ -206,21 +210,23 @@ class Segmenter:
         if self.objects.num_objects:
             probs = self.memory.segment(features, self._previous if self.config.local_attention else None)
         else:
-            probs = image.new_ones(1, 1, *self._work_size)  # background only
+            probs = image.new_ones(1, 1, *features.padded_size)  # background only
+        # probs: [1, O+1, Hp, Wp] over the padded working frame
         annotated = annotation is not None and len(annotation.ids) > 0
         if annotated:
             if annotation.new_ids:
                 self.memory.add_group(self.objects.add_group(annotation.new_ids, frame_index))
             channels = self.objects.channels(annotation.ids)
-            predicted = probs[:, 1:].float()  # [1, O_before, h, w]
-            masks = self._resize(annotation.masks[None], self._work_size)  # [1, A, h, w]
-            probs = merge_annotation(predicted, masks, channels, self.objects.num_objects)  # [1, O+1, h, w]
+            predicted = probs[:, 1:].float()  # [1, O_before, Hp, Wp]
+            masks = F.pad(self._resize(annotation.masks[None], self._work_size), features.padding)  # [1, A, Hp, Wp]
+            probs = merge_annotation(predicted, masks, channels, self.objects.num_objects)  # [1, O+1, Hp, Wp]
             # At the input size the given mask is kept exactly (no resizing round trip).
             full = merge_annotation(
-                self._resize(predicted, self._input_size), annotation.masks[None], channels, self.objects.num_objects
+                self._resize(crop_padding(predicted, features.padding), self._input_size),
+                annotation.masks[None], channels, self.objects.num_objects,
             )[0]  # [O+1, H, W]
         else:
-            full = self._resize(probs.float(), self._input_size)[0]  # [O+1, H, W]
+            full = self._resize(crop_padding(probs, features.padding).float(), self._input_size)[0]  # [O+1, H, W]
         decision = self.memory.observe(frame_index, features, probs, annotated=annotated)
         self._previous = (features, probs[:, 1:])
         labels = probs_to_labels(full, self.objects.ids_tensor(self.device))  # [H, W]

@@ -8,7 +8,11 @@ The step API is what the inference engine and the training loop drive:
   plus local attention to the previous frame), decode, soft-aggregate the objects.
 
 Frames are float RGB in [0, 1], any size: they are normalised with the ImageNet statistics
-and zero-padded to a multiple of 16 (split evenly, as STCN does); outputs are cropped back.
+and zero-padded to a multiple of 16 (split evenly, as STCN does). The decoder predicts the
+whole padded frame; `SegmentOutput` keeps that padded prediction and crops it for the
+frame-size view. As in the published STCN and RDE-VOS inference, what goes back into the
+memory (and to the local branch) is the padded-size prediction, band included: masks given
+at the padded size are used as they are, masks at the frame size are zero-padded.
 Memory tensors keep time as its own axis: keys [B, Ck, T, h, w], values [B, O, Cv, T, h, w].
 """
 from __future__ import annotations
@@ -66,6 +70,11 @@ class FrameFeatures:
     def batch(self) -> int:
         return self.key.shape[0]
 
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """(Hp, Wp): the frame with its band, a multiple of 16."""
+        return tuple(self.image.shape[-2:])
+
     def frame(self, num_frames: int, index: int) -> "FrameFeatures":
         """From features of B·T frames (batch-major), the features of frame `index` of each clip."""
         def pick(x):
@@ -77,10 +86,23 @@ class FrameFeatures:
 
 @dataclass
 class SegmentOutput:
-    logits: torch.Tensor  # [B, O+1, H, W] aggregated logits, background first
-    probs: torch.Tensor  # [B, O+1, H, W] softmax of logits
+    """The aggregated prediction at the padded size, and its frame-size crop."""
+
+    padded_logits: torch.Tensor  # [..., O+1, Hp, Wp] aggregated logits, background first, band included
+    padded_probs: torch.Tensor  # [..., O+1, Hp, Wp] softmax of padded_logits over the object axis
+    padding: tuple[int, int, int, int]  # (left, right, top, bottom) band around the frame
     gate_log_scores: torch.Tensor | None  # [B, T] log gate score of each memory frame, or None
-    full_memory_logits: torch.Tensor | None = None  # RDE clips: frames 2.. read from the full memory
+    full_memory_logits: torch.Tensor | None = None  # RDE clips: frames 2.. read from the full memory, cropped
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """[..., O+1, H, W]: padded_logits cropped to the frame (a view)."""
+        return crop_padding(self.padded_logits, self.padding)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """[..., O+1, H, W]: padded_probs cropped to the frame (a view)."""
+        return crop_padding(self.padded_probs, self.padding)
 
 
 def _check_frames(frames) -> None:
@@ -109,7 +131,10 @@ class REMN(nn.Module):
         self.decoder = Decoder(config.value_dim, c8, c4, config.decoder_dims)
         self.gate = SoftModulationGate(config.key_dim, config.gate_hidden) if config.gate else None
         self.local_branch = LocalAttentionBranch(config.value_dim, config.local_radius) if config.local_attention else None
-        self.mem_compress = MemoryCompressor(config.key_dim, config.value_dim) if config.memory == "rde" else None
+        self.mem_compress = (
+            MemoryCompressor(config.key_dim, config.value_dim, ceil_mode=config.rde_pool_ceil_mode)
+            if config.memory == "rde" else None
+        )
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -129,13 +154,16 @@ class REMN(nn.Module):
         return FrameFeatures(image, self.key_proj(f16), self.key_comp(f16), f16, f8, f4, padding, size)
 
     def encode_value(self, features: FrameFeatures, masks: torch.Tensor) -> torch.Tensor:
-        """masks [B, O, H, W] (soft or hard, per object) → memory values [B, O, Cv, h, w].
+        """masks [B, O, H, W] or [B, O, Hp, Wp] (soft or hard, per object) → memory values
+        [B, O, Cv, h, w].
 
         Each object is encoded with its own mask and the sum of the other objects' masks.
+        Frame-size masks are zero-padded; padded-size masks (a prediction's `padded_probs`)
+        are encoded as they are, band included.
         """
         self._check_masks("masks", masks, features)
         batch, num_objects = masks.shape[:2]
-        masks = F.pad(masks.to(features.image.dtype), features.padding)  # [B, O, Hp, Wp]
+        masks = self._padded(masks, features).to(features.image.dtype)  # [B, O, Hp, Wp]
         others = masks.sum(dim=1, keepdim=True) - masks  # [B, O, Hp, Wp]
         values = self.value_encoder(
             repeat_per_object(features.image, num_objects),
@@ -184,8 +212,9 @@ class REMN(nn.Module):
         features: the query's `encode_key`; memory_key [B, Ck, T, h, w]; memory_value
         [B, O, Cv, T, h, w]; memory_bias [B, T] additive logit bias per memory frame (−inf
         excludes a frame) or None; previous: (previous frame's features, its object
-        probabilities [B, O, H, W]) for the local attention branch; object_valid [B, O]
-        bool, False for padding objects (their probability is forced to 0).
+        probabilities [B, O, H, W] or, band included, [B, O, Hp, Wp]) for the local
+        attention branch; object_valid [B, O] bool, False for padding objects (their
+        probability is forced to 0).
         """
         self._check_memory(features, memory_key, memory_value)
         gate_log_scores = self.gate_log_scores(features, memory_key)  # [B, T] or None
@@ -196,26 +225,26 @@ class REMN(nn.Module):
         if self.local_branch is not None and previous is not None:
             previous_features, previous_probs = previous
             self._check_masks("previous object probabilities", previous_probs, features, readout.shape[1])
-            padded = F.pad(previous_probs.to(readout.dtype), previous_features.padding)  # [B, O, Hp, Wp]
+            padded = self._padded(previous_probs, previous_features).to(readout.dtype)  # [B, O, Hp, Wp]
             readout = readout + self.local_branch(
                 features.key, previous_features.key, previous_features.key_comp, padded, backend=self.backend
             )
-        logits = self.decode(features, readout)  # [B, O, H, W]
+        logits = self.decode(features, readout)  # [B, O, Hp, Wp]
         object_probs = torch.sigmoid(logits.float())
         if object_valid is not None:
             object_probs = object_probs * object_valid[:, :, None, None].to(object_probs.dtype)
-        aggregated = soft_aggregate(object_probs)  # [B, O+1, H, W]
-        return SegmentOutput(aggregated, torch.softmax(aggregated, dim=1), gate_log_scores)
+        aggregated = soft_aggregate(object_probs)  # [B, O+1, Hp, Wp]
+        return SegmentOutput(aggregated, torch.softmax(aggregated, dim=1), features.padding, gate_log_scores)
 
     def decode(self, features: FrameFeatures, readout: torch.Tensor) -> torch.Tensor:
-        """readout [B, O, Cv, h, w] → per-object logits [B, O, H, W] (cropped to the input size)."""
+        """readout [B, O, Cv, h, w] → per-object logits [B, O, Hp, Wp] over the padded frame."""
         batch, num_objects = readout.shape[:2]
         query_features = repeat_per_object(features.key_comp, num_objects).to(readout.dtype)  # [B·O, Cv, h, w]
         f16 = torch.cat([readout.flatten(0, 1), query_features], dim=1)  # [B·O, 2Cv, h, w]
         logits = self.decoder(
             f16, repeat_per_object(features.f8, num_objects), repeat_per_object(features.f4, num_objects)
         )  # [B·O, 1, Hp, Wp]
-        return crop_padding(logits.view(batch, num_objects, *logits.shape[-2:]), features.padding)
+        return logits.view(batch, num_objects, *logits.shape[-2:])
 
     # ------------------------------------------------------------ whole clips
     def forward(self, frames: torch.Tensor, first_masks: torch.Tensor, object_valid: torch.Tensor | None = None):
@@ -253,7 +282,7 @@ class REMN(nn.Module):
                 output = self.segment(features[t], rde_keys, rde_values, previous=previous, object_valid=object_valid)
                 full_memory_logits.append(full_read.logits)
             outputs.append(output)
-            object_probs = output.probs[:, 1:]
+            object_probs = output.padded_probs[:, 1:]  # [B, O, Hp, Wp]: into memory band included, as inference does
             if t < num_frames - 1:
                 keys.append(features[t].key)
                 values.append(self.encode_value(features[t], object_probs))
@@ -261,11 +290,19 @@ class REMN(nn.Module):
                     embedding = self.mem_compress(embedding[0], embedding[1], keys[-1], values[-1])
         gate = [o.gate_log_scores for o in outputs]
         return SegmentOutput(
-            torch.stack([o.logits for o in outputs], dim=1),
-            torch.stack([o.probs for o in outputs], dim=1),
+            torch.stack([o.padded_logits for o in outputs], dim=1),
+            torch.stack([o.padded_probs for o in outputs], dim=1),
+            features[0].padding,
             None if gate[0] is None else gate,
             torch.stack(full_memory_logits, dim=1) if full_memory_logits else None,
         )
+
+    @staticmethod
+    def _padded(masks: torch.Tensor, features: FrameFeatures) -> torch.Tensor:
+        """masks [B, O, H, W] zero-padded, or [B, O, Hp, Wp] as they are → [B, O, Hp, Wp]."""
+        if tuple(masks.shape[-2:]) == features.padded_size:
+            return masks
+        return F.pad(masks, features.padding)
 
     # ------------------------------------------------------------ validation
     def _check_masks(self, name, masks, features: FrameFeatures, num_objects: int | None = None) -> None:
@@ -273,8 +310,11 @@ class REMN(nn.Module):
             raise TypeError(f"{name} must be a float tensor [B, O, H, W], got {getattr(masks, 'dtype', type(masks))}")
         if masks.dim() != 4:
             raise ValueError(f"{name} must have shape [B, O, H, W], got {tuple(masks.shape)}")
-        if tuple(masks.shape[-2:]) != features.size:
-            raise ValueError(f"{name} size {tuple(masks.shape[-2:])} differs from the frame size {features.size}")
+        if tuple(masks.shape[-2:]) not in (features.size, features.padded_size):
+            raise ValueError(
+                f"{name} size {tuple(masks.shape[-2:])} differs from the frame size {features.size} and "
+                f"from the padded size {features.padded_size}"
+            )
         if masks.shape[0] != features.batch:
             raise ValueError(f"{name} batch {masks.shape[0]} differs from the frames' batch {features.batch}")
         if masks.shape[1] < 1 or (num_objects is not None and masks.shape[1] != num_objects):
