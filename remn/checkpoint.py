@@ -88,10 +88,13 @@ def load_state_strict(
 ) -> tuple[str, ...]:
     """Load `state` into `module` strictly. A prefix in `optional_prefixes` whose keys are all
     absent is kept as initialised; `optional_keys` may be absent one by one. Returns the
-    prefixes kept."""
+    prefixes kept: those of modules the model has and the file lacks."""
     expected = module.state_dict()
     missing = set(expected) - set(state)
-    kept = tuple(p for p in optional_prefixes if {k for k in expected if k.startswith(p)} <= missing)
+    kept = tuple(
+        p for p in optional_prefixes
+        if (owned := {k for k in expected if k.startswith(p)}) and owned <= missing
+    )
     missing = {k for k in missing if not k.startswith(kept) and k not in optional_keys}
     unexpected = set(state) - set(expected)
     mismatched = {k: (tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()

@@ -1,6 +1,4 @@
 """Strict loading of published STCN weights, remn checkpoints and ImageNet backbones."""
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,26 +7,12 @@ import remn
 from remn.checkpoint import load_imagenet_backbones, load_weights, save_weights
 from remn.model import REMN
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-
-
-def random_state_from_json(name: str) -> dict:
-    path = REFERENCE / name
-    if not path.is_file():
-        pytest.skip(f"{path} is not present")
-    entries = json.loads(path.read_text())
-    state = {}
-    for key, (shape, dtype) in entries.items():
-        if dtype == "int64":
-            state[key] = torch.randint(0, 100, shape, dtype=torch.int64)
-        else:
-            state[key] = torch.randn(shape, dtype=getattr(torch, dtype))
-    return state
+from published_checkpoints import random_published_state
 
 
 @pytest.fixture(scope="module")
 def stcn_checkpoint(tmp_path_factory):
-    state = random_state_from_json("stcn_state_dict.json")
+    state = random_published_state("stcn_state_dict.json")
     assert len(state) == 405
     path = tmp_path_factory.mktemp("weights") / "stcn.pth"
     torch.save(state, path)
@@ -41,6 +25,7 @@ def test_published_stcn_checkpoint_loads_strictly(stcn_checkpoint):
     loaded = model.state_dict()
     assert set(loaded) == set(state)
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert load_weights(model, path).kept_initial == ()  # the stcn model has no gate or local branch
 
 
 def test_stcn_weights_into_remn_keep_additions_neutral(stcn_checkpoint):

@@ -1,6 +1,4 @@
 """RDE-VOS's memory compressor: checkpoint names, shapes, recurrence, the math, the loss."""
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,26 +9,14 @@ from remn.checkpoint import load_weights, save_weights
 from remn.model import REMN, MemoryCompressor, rde_consistency_loss
 from remn.model.rde import non_local_aggregate
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from published_checkpoints import random_published_state
+
 KEY_DIM, VALUE_DIM = 8, 16  # small compressor for the shape and math tests
-
-
-def random_state_from_json(name: str) -> dict:
-    path = REFERENCE / name
-    if not path.is_file():
-        pytest.skip(f"{path} is not present")
-    state = {}
-    for key, (shape, dtype) in json.loads(path.read_text()).items():
-        if dtype == "int64":
-            state[key] = torch.randint(0, 100, shape, dtype=torch.int64)
-        else:
-            state[key] = torch.randn(shape, dtype=getattr(torch, dtype))
-    return state
 
 
 # ------------------------------------------------------------ checkpoints
 def test_published_rde_checkpoint_loads_strictly(tmp_path):
-    state = random_state_from_json("rde_state_dict.json")
+    state = random_published_state("rde_state_dict.json")
     assert len(state) == 435 and sum(k.startswith("mem_compress.") for k in state) == 30
     path = tmp_path / "rde.pth"
     torch.save(state, path)
