@@ -9,6 +9,13 @@
   (index % 5 == 0) in memory, top-k 20, no gate, no local attention, soft probabilities
   of the aggregated prediction encoded into memory; the bank is unbounded like STCN's
   unless `capacity` sets a hard cap; model preset "stcn".
+
+Every preset shares the published conventions (tests/test_published_inference.py checks
+`stcn` and `rde` against the published loops written out): the memory encodes the
+prediction over the whole padded frame, the band around a frame that is not a multiple of
+16 included (only the output is cropped); top-k reads exactly k keys per query, ties at
+the k-th logit taken in key order; RDE's compressor floors its pooling (the model's
+`ModelConfig.rde_pool_ceil_mode`).
 - `rde`: RDE-VOS's "two frames + compress" inference (`remn.inference.rde_memory`): per
   object group the annotated frame (read twice, as published), the recurrent embedding
   and the last memorised frame in fixed slots, a frame memorised every 3 frames, top-k 40, no gate, no local

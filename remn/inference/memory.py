@@ -17,7 +17,7 @@ FrameBankMemory's policy, all of it in this file:
     (hard masks at the working resolution; an object absent from both counts IoU 1), or
     when `max_gap` frames have passed since the last memorised frame.
   A chosen frame is encoded (`encode_value` with the soft probabilities of the aggregated
-  prediction, as STCN does) when the next frame arrives, so the last frame of a video is
+  prediction over the padded frame, band included, as STCN does) when the next frame arrives, so the last frame of a video is
   never encoded for nothing.
 - When the host learns the outcome. Nothing in a step waits for the GPU: the mask change
   and the gate scores stay on the device and are copied to the host without blocking
