@@ -44,27 +44,37 @@ class _FixedConfig:
         return launch
 
 
-def check_kernel_tensors(op_name: str, **tensors: torch.Tensor | None) -> None:
-    """Raise unless every given tensor is on a device and of a dtype the kernels take.
+def unsupported_reason(op_name: str, **tensors: torch.Tensor | None) -> tuple[type[Exception], str] | None:
+    """Why the kernels cannot take these tensors, as (exception type, message), or None.
 
-    Rank, shape and same-device checks are the reference's (`remn.reference.check_*_args`);
-    call them first. Here: CUDA tensors, or CPU tensors under `TRITON_INTERPRET=1`
-    (ValueError otherwise), and fp32/fp16/bf16 (TypeError otherwise).
+    The one capability check between `remn.ops` and a launch: CUDA tensors, or CPU tensors
+    under `TRITON_INTERPRET=1` (ValueError otherwise), of fp32/fp16/bf16 (TypeError
+    otherwise). Rank, shape and same-device checks are the reference's
+    (`remn.reference.check_*_args`).
     """
     allow_cpu = interpreting()
     for name, tensor in tensors.items():
         if tensor is None:
             continue
         if tensor.dtype not in KERNEL_DTYPES:
-            raise TypeError(
+            return TypeError, (
                 f"{op_name}: {name} has dtype {tensor.dtype}; the Triton kernels take "
                 f"{', '.join(str(d) for d in KERNEL_DTYPES)} (use remn.reference for others)"
             )
         if tensor.device.type != "cuda" and not (allow_cpu and tensor.device.type == "cpu"):
-            raise ValueError(
+            return ValueError, (
                 f"{op_name}: {name} is on {tensor.device}; the Triton kernels need CUDA tensors "
                 "(or CPU tensors with TRITON_INTERPRET=1 set before remn.kernels is imported)"
             )
+    return None
+
+
+def check_kernel_tensors(op_name: str, **tensors: torch.Tensor | None) -> None:
+    """Raise `unsupported_reason`'s error when the kernels cannot take these tensors."""
+    reason = unsupported_reason(op_name, **tensors)
+    if reason is not None:
+        error, message = reason
+        raise error(message)
 
 
 def dot_in_fp32(*dtypes: torch.dtype) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 
 import torch
 
@@ -20,19 +19,14 @@ BACKENDS = (None, "triton", "reference")
 
 
 def triton_unavailable_reason(*tensors: torch.Tensor | None) -> str | None:
-    """Why the Triton kernels cannot take these tensors, or None when they can."""
+    """Why the Triton kernels cannot take these tensors, or None when they can (the check
+    is the kernels' own, `remn.kernels._common.unsupported_reason`)."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
-    from remn.kernels._common import KERNEL_DTYPES
+    from remn.kernels._common import unsupported_reason
 
-    present = [t for t in tensors if t is not None]
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    for tensor in present:
-        if tensor.device.type != "cuda" and not (interpreted and tensor.device.type == "cpu"):
-            return f"tensor on {tensor.device} (the kernels need CUDA, or CPU under TRITON_INTERPRET=1)"
-        if tensor.dtype not in KERNEL_DTYPES:
-            return f"dtype {tensor.dtype} is not one of {[str(d) for d in KERNEL_DTYPES]}"
-    return None
+    reason = unsupported_reason("remn.ops", **{f"tensor {i}": t for i, t in enumerate(tensors)})
+    return None if reason is None else reason[1]
 
 
 def can_run_triton(*tensors: torch.Tensor | None, raise_error: bool = False) -> bool:
