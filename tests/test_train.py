@@ -36,7 +36,7 @@ SMALL = dict(  # a run of a few tiny steps: seconds on a CPU (also where CUDA ex
     # the fp16 refusal are CPU properties; CUDA's atomic-add backward is not bit-reproducible)
     device="cpu", model="tiny", synthetic=3, synthetic_size=(32, 48), synthetic_frames=5, crop_size=(32, 48), min_crop_area=0.8,
     batch_size=2, lr=1e-3, warmup=2, progress=False, tensorboard=False, threads=1, log_every=1,
-    bootstrap_range=(1, 4), skip_curriculum=((0.0, 1), (0.5, 3)),
+    bootstrap_range=(1, 4), skip_curriculum=((0.0, 1), (0.5, 3)), freeze_batchnorm=False,  # from scratch
 )
 
 
@@ -62,7 +62,7 @@ def test_schedules():
     assert config.hard_pixel_fraction_at(0) == 1.0 and config.hard_pixel_fraction_at(19) == 1.0
     assert config.hard_pixel_fraction_at(45) == pytest.approx(1 - 0.85 * 0.5)
     assert config.hard_pixel_fraction_at(70) == config.hard_pixel_fraction_at(149) == 0.15
-    assert [config.max_skip_at(i) for i in (0, 14, 15, 30, 45, 60, 134, 135)] == [10, 10, 15, 20, 25, 25, 25, 5]
+    assert [config.max_skip_at(i) for i in (0, 14, 15, 30, 45, 60, 134, 135)] == [5, 5, 10, 15, 20, 25, 25, 5]
     assert config.lr_factor_at(0) == pytest.approx(0.1) and config.lr_factor_at(9) == 1.0
     assert config.lr_factor_at(119) == 1.0 and config.lr_factor_at(120) == pytest.approx(0.1)
     assert TrainConfig(output="x", synthetic=1, iterations=150).hard_pixel_fraction_at(20) == 1.0  # default 20 → 70
@@ -347,7 +347,7 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--config", "tiny", "--synthetic", "2", "--synthetic-size", "32", "48", "--crop-size", "32", "48",
               "--iterations", "2", "--batch-size", "1", "--lr", "1e-3", "--output", str(run), "--no-progress",
-              "--threads", "1", "--save-every", "1"]
+              "--threads", "1", "--save-every", "1", "--train-batchnorm"]
     assert remn_main(["train", *common, "--stop-at", "1"]) == 0  # through the `remn` dispatcher
     assert cli_main(common + ["--resume", str(run / "last.pt")]) == 0
     assert "model.pt" in capsys.readouterr().out

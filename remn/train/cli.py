@@ -1,11 +1,18 @@
 """`remn train` / `python -m remn.train`: flags map onto `TrainConfig`.
 
-Stage 0 (static images):  remn train --config remn --images-root STATIC --iterations 300000 \\
+Flags left out take the published recipe of the run (`remn.train.config.PUBLISHED_RECIPES`:
+STCN's, or RDE-VOS's for --config rde; its static-image stage when --images-root is the
+only source, its main video stage otherwise): iterations, batch size, learning rate and
+decay, frames per clip, the hard-pixel schedule. BatchNorm is frozen and CUDA trains in
+mixed precision, as both papers do.
+
+Stage 0 (static images):  remn train --config remn --images-root STATIC \\
                               --imagenet-resnet50 r50.pth --imagenet-resnet18 r18.pth --output runs/s0
 Stage 1 (videos):         remn train --config remn --davis-root DAVIS --youtube-root YTVOS \\
-                              --init-weights runs/s0/model.pt --iterations 150000 --output runs/s1
-Synthetic smoke run:      remn train --config tiny --synthetic 16 --iterations 200 --lr 1e-3 --output runs/t
-Several GPUs:             torchrun --nproc_per_node=4 -m remn.train --config remn ... (same flags)
+                              --init-weights runs/s0/model.pt --output runs/s1
+Synthetic smoke run:      remn train --config tiny --synthetic 16 --iterations 200 --lr 1e-3 \\
+                              --train-batchnorm --output runs/t
+Several GPUs:             torchrun --nproc_per_node=2 -m remn.train --config remn ... (same flags)
 
 --images-root ROOT reads ROOT/images/NAME.jpg|png with ROOT/masks/NAME.png (see remn.train.clips).
 """
@@ -15,7 +22,7 @@ import argparse
 import sys
 
 from remn.config import PRESETS
-from remn.train.config import AMP_MODES, TrainConfig
+from remn.train.config import AMP_MODES, PUBLISHED_RECIPES, TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     run = parser.add_argument_group("run")
     run.add_argument("--config", default="remn", choices=sorted(PRESETS), help="model preset (default: remn)")
-    run.add_argument("--iterations", type=int, required=True, help="optimiser steps of the whole schedule")
+    run.add_argument("--recipe", choices=sorted(PUBLISHED_RECIPES),
+                     help="the published recipe the defaults come from (default: from --config and the data)")
+    run.add_argument("--iterations", type=int, help="optimiser steps of the whole schedule (default: the recipe's)")
     run.add_argument("--output", required=True, metavar="RUN_DIR", help="run folder: last.pt, model.pt, log.jsonl")
     run.add_argument("--resume", metavar="RUN_DIR/last.pt", help="continue a run bit for bit from its checkpoint")
     run.add_argument("--init-weights", metavar="PATH", help="start from these weights (e.g. stage 0's model.pt)")
@@ -51,23 +60,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--batch-size", type=int, default=8, help="clips per process and step (default 8)")
-    optim.add_argument("--lr", type=float, default=2e-5, help="Adam learning rate (default 2e-5, STCN's)")
+    optim.add_argument("--batch-size", type=int, help="clips per process and step (default: the recipe's, 4 for video)")
+    optim.add_argument("--lr", type=float, help="Adam learning rate (default: the recipe's, STCN 1e-5, RDE-VOS 2e-5)")
     optim.add_argument("--weight-decay", type=float, default=1e-7)
     optim.add_argument("--warmup", type=int, default=0, help="linear warm-up iterations")
     optim.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the global gradient norm")
-    optim.add_argument("--amp", nargs="?", const="auto", default="off", choices=AMP_MODES,
-                       help="mixed precision: bare --amp picks bf16 (fp16 with a grad scaler without bf16)")
+    optim.add_argument("--amp", nargs="?", const="auto", default="auto", choices=AMP_MODES,
+                       help="mixed precision (default auto: bf16 on CUDA, fp16 with a grad scaler without bf16, "
+                            "full precision on the CPU); --amp off for full precision everywhere")
+    optim.add_argument("--train-batchnorm", action="store_true",
+                       help="let BatchNorm update its statistics (training from scratch); the published recipes "
+                            "freeze it")
 
     clips = parser.add_argument_group("clips and losses")
     clips.add_argument("--crop-size", type=int, nargs=2, default=(384, 384), metavar=("H", "W"))
-    clips.add_argument("--num-frames", type=int, default=3)
+    clips.add_argument("--num-frames", type=int, help="frames per clip (default: the recipe's, STCN 3, RDE-VOS 5)")
     clips.add_argument("--max-objects", type=int, default=2)
     clips.add_argument("--ce-weight", type=float, default=1.0)
     clips.add_argument("--bootstrap-top-p", type=float, default=0.15,
                        help="final fraction of the hardest pixels in the cross-entropy")
     clips.add_argument("--bootstrap-range", type=int, nargs=2, metavar=("START", "END"),
-                       help="iterations over which that fraction anneals from 1 (default 2/15 → 7/15 of the run)")
+                       help="iterations over which that fraction anneals from 1 (default: the recipe's, "
+                            "20K → 70K of STCN's 150K scaled to the run)")
     clips.add_argument("--gate-weight", type=float, default=0.1, help="gate term weight (0: off)")
     clips.add_argument("--contrastive-weight", type=float, default=0.0, help="key contrastive term weight (0: off)")
     clips.add_argument("--rde-consistency-weight", type=float, default=1.0,
@@ -76,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        output=args.output, model=args.config, iterations=args.iterations,
+        output=args.output, model=args.config, recipe=args.recipe, iterations=args.iterations,
         davis_root=args.davis_root, davis_split=args.davis_split, davis_year=args.davis_year,
         youtube_root=args.youtube_root, images_root=args.images_root,
         synthetic=args.synthetic, synthetic_size=tuple(args.synthetic_size),
@@ -86,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         stop_at=args.stop_at, save_every=args.save_every, log_every=args.log_every, seed=args.seed,
         device=args.device, progress=not args.no_progress,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
-        clip_grad=args.clip_grad, amp=args.amp,
+        clip_grad=args.clip_grad, amp=args.amp, freeze_batchnorm=not args.train_batchnorm,
         crop_size=tuple(args.crop_size), num_frames=args.num_frames, max_objects=args.max_objects,
         ce_weight=args.ce_weight, bootstrap_top_p=args.bootstrap_top_p,
         bootstrap_range=None if args.bootstrap_range is None else tuple(args.bootstrap_range),

@@ -4,11 +4,23 @@ The command line (`remn train`) maps its flags onto this dataclass; Python calle
 directly. Schedules are pure functions of the iteration (`lr_factor_at`, `max_skip_at`,
 `hard_pixel_fraction_at`), so a resumed run recomputes them exactly.
 
-Defaults follow STCN's main training (Adam, lr 2e-5, weight decay 1e-7, batch 8, 3-frame
-clips of 384×384 crops, 2 objects, bootstrapped cross-entropy annealed to the hardest 15 %
-of pixels, maximum frame gap 10 → 25 then 5 at the end) and suit the `remn` preset
-initialised from ImageNet or static-image pretraining; a `tiny` model from scratch wants a
-larger learning rate (see `remn.train.learning_check`).
+Defaults are the published recipes. The settings left at None (iterations, batch size,
+learning rate and its decay, frames per clip, the hard-pixel annealing) come from one of
+`PUBLISHED_RECIPES`, chosen by `recipe` or, when that is None, by the model and the data:
+RDE-VOS's for a model with RDE's memory (`memory="rde"`), STCN's otherwise; the static-image
+stage when static images are the only source, the main video stage otherwise. Everything
+else is the same in both papers' code: Adam with weight decay 1e-7, lr × 0.1 once, frozen
+BatchNorm, mixed precision on CUDA, bootstrapped cross-entropy annealed to the hardest 15 %
+of pixels, 384×384 crops, 2 objects per clip, and STCN's maximum-frame-gap curriculum
+(`STCN_SKIP_CURRICULUM`). Where remn departs from them, the field's comment says so and why.
+
+The published values are per process: STCN trained with 2 processes (README: two 11GB GPUs,
+`--nproc_per_node=2`), RDE-VOS with 2 (main stage) or 4 (static stage); remn's `batch_size`
+is per process too, so one GPU with the default sees half (a quarter) of the published
+global batch.
+
+A model trained from scratch (the `tiny` model of `remn demo`) wants BatchNorm training and
+a larger learning rate: `remn.train.LEARNING_RECIPE` sets both and says why.
 """
 from __future__ import annotations
 
@@ -20,8 +32,44 @@ from pathlib import Path
 from remn.config import ModelConfig, resolve_config
 
 AMP_MODES = ("off", "auto", "bf16", "fp16")
-# (start as a fraction of the run, maximum frame gap from then on): STCN's curriculum.
-STCN_SKIP_CURRICULUM = ((0.0, 10), (0.1, 15), (0.2, 20), (0.3, 25), (0.9, 5))
+# (start as a fraction of the run, maximum frame gap from then on). STCN's train.py (stages 2
+# and 3) starts at 5 (`renew_vos_loader(5)`), then takes skip_values [10, 15, 20, 25, 5] at
+# increase_skip_fraction [0.1, 0.2, 0.3, 0.4, 0.9] of the epochs; RDE-VOS's train.py is the same.
+STCN_SKIP_CURRICULUM = ((0.0, 5), (0.1, 10), (0.2, 15), (0.3, 20), (0.4, 25), (0.9, 5))
+
+
+@dataclass(frozen=True)
+class PublishedRecipe:
+    """The defaults of one published training stage (fills `TrainConfig`'s None fields).
+
+    Fractions are of the run, so a shorter or longer run keeps the published proportions;
+    at the published iteration count they are the published iterations exactly.
+    """
+
+    source: str  # the file (and stage) the values come from
+    processes: int  # how many processes (GPUs) the published run used
+    iterations: int
+    batch_size: int  # clips per process and step
+    lr: float
+    lr_decay_at: tuple[float, ...]  # lr × 0.1 from these fractions of the run
+    bootstrap_fractions: tuple[float, float]  # hard-pixel annealing start and end
+    num_frames: int
+
+
+PUBLISHED_RECIPES = {
+    "stcn-static": PublishedRecipe(  # steps [150000]; BootstrappedCE(start_warm=20000, end_warm=70000)
+        "STCN util/hyper_para.py, stage 0 (static images)", 2, 300_000, 8, 1e-5,
+        (150_000 / 300_000,), (20_000 / 300_000, 70_000 / 300_000), 3),
+    "stcn-video": PublishedRecipe(  # steps [125000]
+        "STCN util/hyper_para.py, stage 3 (150K main training after static pretraining)", 2, 150_000, 4, 1e-5,
+        (125_000 / 150_000,), (20_000 / 150_000, 70_000 / 150_000), 3),
+    "rde-static": PublishedRecipe(  # --batch_size 16 --lr 2e-05 --steps 37500 --iterations 75000 --start_warm 5000 --end_warm 17500
+        "RDE-VOS README.md, the stage 0 command", 4, 75_000, 16, 2e-5,
+        (37_500 / 75_000,), (5_000 / 75_000, 17_500 / 75_000), 3),
+    "rde-video": PublishedRecipe(  # --batch_size 4 --lr 2e-05 --steps 125000 --iterations 150000; warm 20000 → 70000
+        "RDE-VOS README.md, the stage 0 -> 3 command (w/o BL30K); 5-frame clips from dataset/vos_dataset.py",
+        2, 150_000, 4, 2e-5, (125_000 / 150_000,), (20_000 / 150_000, 70_000 / 150_000), 5),
+}
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -33,17 +81,21 @@ def _pair(value, name: str) -> tuple[int, int]:
 
 @dataclass
 class TrainConfig:
-    """A training run. `output` is the run folder (checkpoints, log, generated data)."""
+    """A training run. `output` is the run folder (checkpoints, log, generated data).
+
+    Fields left at None take the value of the run's `published_recipe` in `__post_init__`.
+    """
 
     output: str | Path
     model: str | ModelConfig | dict = "remn"  # preset name, ModelConfig or dict
-    iterations: int = 150_000  # optimiser steps of the whole schedule
+    recipe: str | None = None  # a PUBLISHED_RECIPES key; None: from the model and the data (module docstring)
+    iterations: int | None = None  # optimiser steps of the whole schedule
 
     # --- data: at least one source -------------------------------------------------
     davis_root: str | Path | None = None  # DAVIS layout; clips from `davis_split`
     davis_split: str = "train"
     davis_year: int = 2017
-    davis_repeat: int = 5  # DAVIS sequences count this many times against YouTube-VOS's
+    davis_repeat: int = 5  # DAVIS sequences count this many times against YouTube-VOS's (STCN: [davis]*5 + [yv])
     youtube_root: str | Path | None = None  # YouTube-VOS layout (train split)
     images_root: str | Path | None = None  # static images: ROOT/images/*.jpg|png + ROOT/masks/*.png
     synthetic: int = 0  # > 0: write this many synthetic sequences to OUTPUT/data and train on them
@@ -52,7 +104,7 @@ class TrainConfig:
     synthetic_seed: int = 0
 
     # --- clips ---------------------------------------------------------------------
-    num_frames: int = 3  # frames per clip; frame 0's mask is given
+    num_frames: int | None = None  # frames per clip, frame 0's mask given (STCN 3, RDE-VOS 5)
     max_objects: int = 2  # object slots per clip; unused slots are invalid objects
     crop_size: tuple[int, int] = (384, 384)  # (H, W) of every training frame
     min_crop_area: float = 0.36  # random-resized-crop area fraction range [min, 1]
@@ -63,21 +115,28 @@ class TrainConfig:
     # --- losses (a weight of 0 switches a term off) --------------------------------
     ce_weight: float = 1.0
     bootstrap_top_p: float = 0.15  # final fraction of hardest pixels kept
-    bootstrap_range: tuple[int, int] | None = None  # (start, end) iterations; None: 2/15 → 7/15 of the run
-    gate_weight: float = 0.1
-    contrastive_weight: float = 0.0
+    bootstrap_range: tuple[int, int] | None = None  # (start, end) iterations; None: the recipe's, scaled to the run
+    gate_weight: float = 0.1  # remn's gate (not in either paper)
+    contrastive_weight: float = 0.0  # remn's key contrastive term (not in either paper)
     contrastive_temperature: float = 0.1
     rde_consistency_weight: float = 1.0  # RDE models only: KL(full-memory read ‖ embedding read)
 
     # --- optimisation --------------------------------------------------------------
-    batch_size: int = 8  # clips per process and step
-    lr: float = 2e-5
+    batch_size: int | None = None  # clips per process and step
+    lr: float | None = None  # Adam's learning rate
     weight_decay: float = 1e-7
     warmup: int = 0  # linear warm-up iterations
-    lr_decay_at: tuple[float, ...] = (0.8,)  # fractions of the run where lr is multiplied by lr_decay
+    lr_decay_at: tuple[float, ...] | None = None  # fractions of the run where lr is multiplied by lr_decay
     lr_decay: float = 0.1
     clip_grad: float | None = None  # max global gradient norm
-    amp: str = "off"  # off | auto | bf16 | fp16 (CUDA; bf16 also on CPU)
+    # auto: bf16 autocast on CUDA (fp16 with a grad scaler where bf16 is not supported), fp32 on
+    # the CPU. Both papers autocast fp16 with a GradScaler unless --no_amp; bf16 needs no scaler
+    # and has fp32's range. amp="fp16" is the published setting exactly.
+    amp: str = "auto"  # off | auto | bf16 | fp16 (fp16 needs CUDA; bf16 also runs on the CPU)
+    # Both papers train with the network in eval() mode "to freeze BN parameters"
+    # (model/model.py, `train()`): BatchNorm normalises with, and never updates, the running
+    # statistics of the weights it starts from; its scale and shift still train.
+    freeze_batchnorm: bool = True
 
     # --- run -----------------------------------------------------------------------
     seed: int = 0
@@ -103,10 +162,21 @@ class TrainConfig:
         self.crop_size = _pair(self.crop_size, "crop_size")
         self.synthetic_size = tuple(int(v) for v in self.synthetic_size)
         self.skip_curriculum = tuple((float(f), int(s)) for f, s in self.skip_curriculum)
+        model = self.model_config  # validates the preset / fields now
+        if not any((self.davis_root, self.youtube_root, self.images_root, self.synthetic)):
+            raise ValueError("no training data: give davis_root, youtube_root, images_root or synthetic > 0")
+        if self.recipe is None:
+            family = "rde" if model.memory == "rde" else "stcn"
+            self.recipe = f"{family}-{self.stage}"
+        if self.recipe not in PUBLISHED_RECIPES:
+            raise ValueError(f"TrainConfig.recipe must be one of {sorted(PUBLISHED_RECIPES)} or None, got {self.recipe!r}")
+        published = self.published_recipe
+        for name in ("iterations", "batch_size", "lr", "lr_decay_at", "num_frames"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(published, name))
         self.lr_decay_at = tuple(float(f) for f in self.lr_decay_at)
         if self.bootstrap_range is not None:
             self.bootstrap_range = tuple(int(v) for v in self.bootstrap_range)
-        self.model_config  # noqa: B018 - validates the preset / fields now
         positive = ("iterations", "batch_size", "save_every", "log_every", "num_frames", "max_objects",
                     "davis_repeat", "synthetic_frames")
         for name in positive:
@@ -117,8 +187,6 @@ class TrainConfig:
                              f"got {self.num_frames}")
         if self.synthetic < 0:
             raise ValueError(f"TrainConfig.synthetic must be >= 0, got {self.synthetic}")
-        if not any((self.davis_root, self.youtube_root, self.images_root, self.synthetic)):
-            raise ValueError("no training data: give davis_root, youtube_root, images_root or synthetic > 0")
         if self.amp not in AMP_MODES:
             raise ValueError(f"TrainConfig.amp must be one of {AMP_MODES}, got {self.amp!r}")
         if not 0.0 <= self.geometric_jitter <= 2.0:
@@ -136,7 +204,6 @@ class TrainConfig:
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value}")
-        model = self.model_config
         active = (self.ce_weight, self.contrastive_weight, self.gate_weight if model.gate else 0.0,
                   self.rde_consistency_weight if model.memory == "rde" else 0.0)
         if not any(active):
@@ -161,31 +228,45 @@ class TrainConfig:
         return resolve_config(self.model)
 
     @property
+    def stage(self) -> str:
+        """"static" when static images are the only source (STCN's and RDE-VOS's stage 0),
+        else "video" (their main training)."""
+        videos = self.davis_root or self.youtube_root or self.synthetic
+        return "static" if self.images_root is not None and not videos else "video"
+
+    @property
+    def published_recipe(self) -> PublishedRecipe:
+        return PUBLISHED_RECIPES[self.recipe]
+
+    @property
     def end_iteration(self) -> int:
         """Where this invocation stops: `stop_at` when set (capped by the run), else `iterations`."""
         return self.iterations if self.stop_at is None else min(self.stop_at, self.iterations)
+
+    def _at(self, fraction: float) -> int:
+        """The iteration a fraction of the run starts at (rounded: 125000/150000 of 150000 is 125000)."""
+        return round(fraction * self.iterations)
 
     def lr_factor_at(self, iteration: int) -> float:
         """Multiplier of `lr` at an iteration: linear warm-up, then ×lr_decay at each `lr_decay_at`."""
         factor = 1.0 if self.warmup == 0 else min(1.0, (iteration + 1) / self.warmup)
         for fraction in self.lr_decay_at:
-            if iteration >= fraction * self.iterations:
+            if iteration >= self._at(fraction):
                 factor *= self.lr_decay
         return factor
 
     def max_skip_at(self, iteration: int) -> int:
         """Maximum gap between consecutive sampled frames at an iteration (the curriculum)."""
-        progress = iteration / self.iterations
         skip = self.skip_curriculum[0][1]
         for start, value in self.skip_curriculum:
-            if progress >= start:
+            if iteration >= self._at(start):
                 skip = value
         return skip
 
     def hard_pixel_fraction_at(self, iteration: int) -> float:
         """Fraction of the hardest pixels the bootstrapped cross-entropy keeps: 1 before the
         range, linear down to `bootstrap_top_p` across it, `bootstrap_top_p` after."""
-        start, end = self.bootstrap_range or (round(self.iterations * 2 / 15), round(self.iterations * 7 / 15))
+        start, end = self.bootstrap_range or tuple(self._at(f) for f in self.published_recipe.bootstrap_fractions)
         if iteration < start:
             return 1.0
         if iteration >= end:

@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     weights = args.weights
     if weights is None:
         print(f"[1/4] training the tiny model on synthetic videos for {args.iterations} iterations …", flush=True)
+        # LEARNING_RECIPE trains from scratch, so BatchNorm trains (freeze_batchnorm=False)
+        # where the published recipes freeze it on pretrained weights; it says why.
         config = TrainConfig(**{**LEARNING_RECIPE, "output": output / "train", "iterations": args.iterations,
                                 "progress": progress, "tensorboard": False})
         weights = train(config)

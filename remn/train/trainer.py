@@ -24,19 +24,21 @@ import json
 import math
 import random
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from remn.checkpoint import load_imagenet_backbones, load_weights, save_weights
 from remn.model import REMN
 from remn.train import distributed
 from remn.train.clips import ClipBatchSampler, ClipDataset, build_clip_dataset
-from remn.train.config import TrainConfig
+from remn.train.config import AMP_MODES, TrainConfig
 from remn.train.losses import ClipObjective, LossWeights
 
 CHECKPOINT_NAME = "last.pt"
@@ -62,29 +64,62 @@ def write_synthetic_data(config: TrainConfig) -> Path:
 
 
 def build_training_model(config: TrainConfig, device: torch.device) -> REMN:
-    """The model, seeded by `config.seed`, with ImageNet backbones or initial weights if given."""
+    """The model, seeded by `config.seed`, with ImageNet backbones or initial weights if
+    given, in training mode (BatchNorm frozen with `config.freeze_batchnorm`)."""
     torch.manual_seed(config.seed)
     model = REMN(config.model_config, fused=config.fused)
-    if config.imagenet_resnet50 is not None or config.imagenet_resnet18 is not None:
+    pretrained = config.imagenet_resnet50 is not None or config.imagenet_resnet18 is not None
+    if pretrained:
         load_imagenet_backbones(model, config.imagenet_resnet50, config.imagenet_resnet18)
     if config.init_weights is not None:
         load_weights(model, config.init_weights)
-    return model.to(device).train()
+    if config.freeze_batchnorm and not (pretrained or config.init_weights is not None or config.resume is not None):
+        warnings.warn(
+            "freeze_batchnorm=True (the published recipe) but the model starts from random weights: BatchNorm "
+            "will normalise with its initial statistics (mean 0, variance 1) throughout; train from scratch "
+            "with freeze_batchnorm=False (remn train --train-batchnorm)", stacklevel=2)
+    return set_training_mode(model.to(device), config.freeze_batchnorm)
+
+
+def set_training_mode(model: nn.Module, freeze_batchnorm: bool) -> nn.Module:
+    """model.train(), then, with freeze_batchnorm, every BatchNorm layer back in eval mode.
+
+    STCN and RDE-VOS call `network.eval()` for training (model/model.py: "Shall be in eval()
+    mode to freeze BN parameters"); BatchNorm is the only layer of REMN whose behaviour
+    depends on the mode, so this is the same. Frozen layers normalise with their running
+    statistics and leave them unchanged; their affine weight and bias still get gradients.
+    """
+    model.train()
+    if freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    return model
+
+
+def resolve_amp(mode: str, device_type: str, bf16_supported: bool) -> torch.dtype | None:
+    """The autocast dtype of an amp mode on a device type, or None for full precision.
+
+    auto: bf16 on CUDA where supported, else fp16 (with a grad scaler); full precision on
+    the CPU. fp16 needs CUDA (ValueError elsewhere); bf16 runs on the CPU too.
+    """
+    if mode not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {mode!r}")
+    if mode == "off":
+        return None
+    if device_type != "cuda":
+        if mode == "fp16":
+            raise ValueError("amp='fp16' needs CUDA; use amp='bf16' (or 'off') on the CPU")
+        return torch.bfloat16 if mode == "bf16" else None
+    if mode == "auto":
+        return torch.bfloat16 if bf16_supported else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `config.amp` on this device, or None for full precision."""
-    if config.amp == "off":
-        return None
-    if device.type != "cuda":
-        if config.amp == "bf16":
-            return torch.bfloat16
-        if config.amp == "fp16":
-            raise ValueError("amp='fp16' needs CUDA; use amp='bf16' (or 'off') on the CPU")
-        return None  # auto on CPU: full precision
-    if config.amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if config.amp == "bf16" else torch.float16
+    bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return resolve_amp(config.amp, device.type, bf16_supported)
 
 
 def capture_rng_state() -> dict:
@@ -434,11 +469,20 @@ def evaluate_against_copy(model: REMN, clips: dict[str, tuple]) -> tuple[dict, d
     return scores(predictions), scores(copies)
 
 
-LEARNING_RECIPE = dict(  # trains the tiny model on a 2-core CPU in a few minutes
+# Trains the tiny model from scratch on a 2-core CPU in a few minutes (remn demo and the
+# learning check). It departs from the published recipes where training from scratch needs it:
+# BatchNorm trains (freeze_batchnorm=False: the published freeze keeps the statistics of the
+# pretrained weights it starts from; a random network has none worth keeping, and frozen at
+# their initial mean 0 / variance 1 they would not normalise at all), a 100× larger learning
+# rate with warm-up and gradient clipping for a network that starts random, tiny crops, short
+# frame gaps for 10-frame synthetic videos, and a short run with an early hard-pixel schedule.
+# Full precision (amp="off") keeps its numbers the same on a machine with CUDA.
+LEARNING_RECIPE = dict(
     model="tiny", synthetic=48, synthetic_size=(48, 64), synthetic_frames=10, crop_size=(48, 64),
     min_crop_area=0.7, iterations=600, batch_size=8, lr=1.5e-3, lr_decay_at=(0.8,), warmup=20,
     skip_curriculum=((0.0, 2), (0.3, 4)), bootstrap_range=(0, 240), bootstrap_top_p=0.3,
     gate_weight=0.1, contrastive_weight=0.0, save_every=10_000, log_every=25, clip_grad=5.0, threads=1,
+    amp="off", freeze_batchnorm=False,
 )
 
 
