@@ -1,7 +1,10 @@
 """Training follows the published STCN / RDE-VOS recipes: frozen BatchNorm, the recipe
-defaults, the max-skip curriculum, mixed precision on CUDA only."""
+defaults, the max-skip curriculum, mixed precision on CUDA only, the static-image
+augmentation (TPS)."""
 from __future__ import annotations
 
+import colorsys
+import random
 import warnings
 
 import pytest
@@ -11,6 +14,8 @@ from torch import nn
 from remn.config import PRESETS
 from remn.model import REMN
 from remn.train import TrainConfig, train
+from remn.train import augment
+from remn.train.clips import ClipDataset, SampleSpec
 from remn.train.trainer import (
     LEARNING_RECIPE,
     amp_dtype,
@@ -116,4 +121,103 @@ def test_amp_default_resolves_on_for_cuda_off_for_cpu():
     assert resolve_amp("bf16", "cpu", False) == torch.bfloat16
     with pytest.raises(ValueError, match="needs CUDA"):
         resolve_amp("fp16", "cpu", False)
+
+
+# ----------------------------------------------------------------- static-image augmentation
+def test_thin_plate_spline_interpolates_its_control_points():
+    height, width = 20, 30
+    pixels = [(3, 4), (25, 2), (14, 10), (5, 17), (27, 16), (20, 6)]
+    points = tuple(((x + 0.5) / width, (y + 0.5) / height) for x, y in pixels)  # pixel centres
+    moves = tuple((0.01 * (i - 2), -0.02 * (i % 3)) for i in range(len(pixels)))
+    field = augment.ThinPlateSpline(points, moves).displacement_field((height, width))
+    assert field.shape == (height, width, 2)
+    for (x, y), (dx, dy) in zip(pixels, moves):
+        torch.testing.assert_close(field[y, x], torch.tensor([dx * width, dy * height]), atol=1e-4, rtol=0)
+    still = augment.ThinPlateSpline(points, ((0.0, 0.0),) * len(pixels)).displacement_field((height, width))
+    assert still.abs().max() < 1e-6
+
+
+def test_thin_plate_warp_keeps_image_and_mask_aligned():
+    """The image holds its own pixel coordinates (bilinear sampling of a linear function is
+    exact), so the warped image says where each output pixel sampled; the warped ids must
+    come from the nearest input pixel of that same place."""
+    in_h, in_w, out = 40, 56, (24, 32)
+    rng = random.Random(7)
+    ids = torch.randint(0, 5, (in_h, in_w), dtype=torch.uint8)
+    ys, xs = torch.meshgrid(torch.arange(in_h, dtype=torch.float32), torch.arange(in_w, dtype=torch.float32),
+                            indexing="ij")
+    coordinates = torch.stack([xs, ys, torch.zeros_like(xs)])  # [3, H, W]
+    affine = augment.random_static_views(rng, (in_h, in_w), out, 1)[0]
+    warp = augment.random_thin_plate(rng, out, scale=0.05)
+    field = warp.displacement_field(out)
+    sampled = augment.warp_image(coordinates, affine, out, displacement=field)  # [3, h, w]: (x, y) sampled
+    warped_ids = augment.warp_ids(ids, affine, out, displacement=field)
+    # where it sampled: A(p + d(p))
+    oy, ox = torch.meshgrid(torch.arange(out[0], dtype=torch.float64), torch.arange(out[1], dtype=torch.float64),
+                            indexing="ij")
+    px, py = ox + field[..., 0].double(), oy + field[..., 1].double()
+    (a, b), (c, d) = affine.matrix
+    expected_x, expected_y = a * px + b * py + affine.offset[0], c * px + d * py + affine.offset[1]
+    inside = (expected_x > 1) & (expected_x < in_w - 2) & (expected_y > 1) & (expected_y < in_h - 2)
+    assert inside.float().mean() > 0.8
+    torch.testing.assert_close(sampled[0].double()[inside], expected_x[inside], atol=2e-3, rtol=0)
+    torch.testing.assert_close(sampled[1].double()[inside], expected_y[inside], atol=2e-3, rtol=0)
+    clear = inside & ((expected_x - expected_x.round()).abs() < 0.45) & ((expected_y - expected_y.round()).abs() < 0.45)
+    nearest = ids[expected_y.round().long().clamp(0, in_h - 1), expected_x.round().long().clamp(0, in_w - 1)]
+    assert torch.equal(warped_ids[clear], nearest[clear])
+    assert field.abs().max() > 0.5  # the warp did move pixels
+
+
+def test_thin_plate_is_deterministic_under_a_seed():
+    first = augment.random_thin_plate(random.Random(3), (32, 48))
+    assert first == augment.random_thin_plate(random.Random(3), (32, 48))
+    assert first != augment.random_thin_plate(random.Random(4), (32, 48))
+    torch.testing.assert_close(first.displacement_field((32, 48)), first.displacement_field((32, 48)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="at least 12 px"):
+        augment.random_thin_plate(random.Random(0), (10, 48))
+
+
+def test_static_views_without_jitter_are_a_crop_and_a_flip():
+    image = torch.rand(3, 20, 30)
+    flips = set()
+    for seed in range(12):
+        views = augment.random_static_views(random.Random(seed), (20, 30), (20, 30), 3, jitter=0.0)
+        for view in views:
+            mirrored = view.matrix[0][0] < 0
+            flips.add(mirrored)
+            torch.testing.assert_close(augment.warp_image(image, view, (20, 30)), image.flip(-1) if mirrored else image)
+        assert len({v.matrix[0][0] < 0 for v in views}) == 1  # the flip is shared by the clip
+    assert flips == {True, False}
+
+
+def test_static_clips_use_tps_and_stay_deterministic(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from remn.data.palette import write_annotation
+    from remn.train.clips import StaticImageClips
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray((torch.rand(40, 50, 3) * 255).to(torch.uint8).numpy()).save(tmp_path / "images" / "a.png")
+    ids = torch.zeros(40, 50, dtype=torch.uint8)
+    ids[8:30, 10:35] = 1
+    write_annotation(tmp_path / "masks" / "a.png", ids.numpy())
+    dataset = ClipDataset([StaticImageClips(tmp_path)], num_frames=3, max_objects=1, crop_size=(32, 32))
+    calls = []
+    real = augment.random_thin_plate
+    monkeypatch.setattr(augment, "random_thin_plate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for seed in range(6):
+        sample, again = dataset[SampleSpec(0, seed, 1)], dataset[SampleSpec(0, seed, 1)]
+        assert all(torch.equal(sample[k], again[k]) for k in sample)
+    assert 0 < len(calls) < 2 * 6 * 3  # roughly a third of the frames (each sample drawn twice)
+
+
+def test_hue_shift_matches_hsv():
+    image = torch.rand(3, 4, 5)
+    for shift in (0.05, -0.3):
+        expected = torch.zeros_like(image)
+        for i in range(4):
+            for j in range(5):
+                h, s, v = colorsys.rgb_to_hsv(*image[:, i, j].tolist())
+                expected[:, i, j] = torch.tensor(colorsys.hsv_to_rgb((h + shift) % 1.0, s, v))
+        torch.testing.assert_close(augment.shift_hue(image, shift), expected, atol=1e-5, rtol=0)
 

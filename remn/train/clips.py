@@ -24,15 +24,19 @@ Static images (`StaticImageClips`), for `--images-root ROOT`:
                                            foreground mask (pixels above half its maximum
                                            value are the one object)
 
-One image becomes a clip of T views: a shared random resized crop, then a different random
-rotation (±20°), shear (±10°), zoom (±10 %) and shift (±10 %) per frame, as STM and STCN
-pretrain on static images. (`geometric_jitter` scales these ranges and the video ones.)
+One image becomes a clip of T views as in STCN's dataset/static_dataset.py: a shared zoom
+and flip, then per frame a rotation, zoom and shear, a random crop and, for a third of the
+frames, a thin-plate-spline warp (`augment.random_static_views`, `augment.random_thin_plate`).
+(`geometric_jitter` scales these ranges and the video ones.)
 
 Videos (`VideoClips`) read DAVIS and YouTube-VOS layouts through `remn.data`. Clips use
 annotated frames only; T of them are picked in order with gaps of 1..max_skip frames
 (YouTube-VOS annotates every 5th frame, so its gaps are max_skip / 5 annotated frames),
 in reverse order half the time. The whole clip shares one crop, flip, rotation (±15°) and
-shear (±10°).
+shear (±10°). STCN's dataset/vos_dataset.py differs: its random resized crop also varies
+the aspect ratio (3/4..4/3), each frame gets its own rotation and shear, gaps reach
+max_skip + 1, and outside the image is the mean colour; remn keeps its own video geometry,
+with which remn demo and the learning check were measured.
 """
 from __future__ import annotations
 
@@ -100,7 +104,7 @@ def _list_stems(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
 class StaticImageClips:
     """Clips made from single images and their masks (see the module docstring for the layout)."""
 
-    per_frame_geometry = True
+    static = True  # augmented into a clip of different views (augment.random_static_views)
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -161,7 +165,7 @@ class VideoClips:
     repeat: how many times each sequence counts per epoch.
     """
 
-    per_frame_geometry = False
+    static = False
 
     def __init__(self, sequences: Sequence, *, label: str, frame_step: int = 1, repeat: int = 1):
         self.label = label
@@ -274,36 +278,40 @@ class ClipDataset(Dataset):
         for _ in range(FRAME_TRIES):
             raw = source.load(index, rng, self.num_frames, spec.max_skip)
             for _ in range(CROP_TRIES):
-                frames, ids = self._transform(raw, rng, source.per_frame_geometry)
+                frames, ids = self._transform(raw, rng, source.static)
                 visible = self._visible_objects(ids[0])
                 if visible:
                     return self._finish(frames, ids, visible, rng)
                 best = (frames, ids)
         return self._finish(*best, [], rng)  # nothing visible anywhere: an all-background clip
 
-    def _transform(self, raw: RawClip, rng: random.Random, per_frame: bool):
+    def _transform(self, raw: RawClip, rng: random.Random, static: bool):
         in_size = raw.frames[0].shape[:2]
-        crop = augment.random_crop_affine(rng, in_size, self.crop_size, min_area=self.min_crop_area)
-        j = self.jitter
-        if per_frame:  # static images: a different view per frame
-            maps = [augment.compose(crop, augment.random_jitter_affine(
-                rng, self.crop_size, rotation=20 * j, shear=10 * j, scale=0.1 * j, translate=0.1 * j))
-                for _ in raw.frames]
+        count, j = len(raw.frames), self.jitter
+        if static:  # STCN's static-image views: a different view per frame, a third of them TPS-warped
+            maps = augment.random_static_views(rng, in_size, self.crop_size, count, jitter=j)
+            warps = [augment.random_thin_plate(rng, self.crop_size, scale=augment.TPS_SCALE * j).displacement_field(
+                self.crop_size) if j > 0 and rng.random() < augment.TPS_PROBABILITY else None for _ in range(count)]
+            clip_jitter, frame_jitter, fill = augment.STATIC_CLIP_JITTER, augment.STATIC_FRAME_JITTER, augment.STATIC_FILL
         else:  # videos: one geometry for the whole clip
+            crop = augment.random_crop_affine(rng, in_size, self.crop_size, min_area=self.min_crop_area)
             maps = [augment.compose(crop, augment.random_jitter_affine(
-                rng, self.crop_size, rotation=15 * j, shear=10 * j))] * len(raw.frames)
-        clip_colour = augment.CLIP_JITTER.sample(rng)
+                rng, self.crop_size, rotation=15 * j, shear=10 * j))] * count
+            warps = [None] * count
+            clip_jitter, frame_jitter, fill = augment.CLIP_JITTER, augment.FRAME_JITTER, None
+        clip_colour = clip_jitter.sample(rng)
         frames, ids = [], []
-        for frame, frame_ids, affine in zip(raw.frames, raw.ids, maps):
+        for frame, frame_ids, affine, warp in zip(raw.frames, raw.ids, maps, warps):
             if frame.shape[:2] != in_size or frame_ids.shape != in_size:
                 raise ValueError(f"clip frames and masks must share one size, got {frame.shape[:2]} and "
                                  f"{frame_ids.shape} vs {in_size}")
             image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float() / 255  # [3, H, W]
-            image = augment.warp_image(image, affine, self.crop_size)  # [3, h, w]
+            image = augment.warp_image(image, affine, self.crop_size, displacement=warp, fill=fill)  # [3, h, w]
             image = augment.apply_colour(image, clip_colour)
-            image = augment.apply_colour(image, augment.FRAME_JITTER.sample(rng))
+            image = augment.apply_colour(image, frame_jitter.sample(rng))
             frames.append(image)
-            ids.append(augment.warp_ids(torch.from_numpy(np.ascontiguousarray(frame_ids)), affine, self.crop_size))
+            frame_ids = torch.from_numpy(np.ascontiguousarray(frame_ids))
+            ids.append(augment.warp_ids(frame_ids, affine, self.crop_size, displacement=warp))  # same grid as the image
         return torch.stack(frames), torch.stack(ids)  # [T, 3, h, w], uint8 [T, h, w]
 
     def _visible_objects(self, first_ids: torch.Tensor) -> list[int]:

@@ -107,8 +107,8 @@ class TrainConfig:
     num_frames: int | None = None  # frames per clip, frame 0's mask given (STCN 3, RDE-VOS 5)
     max_objects: int = 2  # object slots per clip; unused slots are invalid objects
     crop_size: tuple[int, int] = (384, 384)  # (H, W) of every training frame
-    min_crop_area: float = 0.36  # random-resized-crop area fraction range [min, 1]
-    geometric_jitter: float = 1.0  # scales the rotation / shear / zoom / shift ranges (0: crop and flip only)
+    min_crop_area: float = 0.36  # videos: random-resized-crop area fraction range [min, 1]
+    geometric_jitter: float = 1.0  # scales the rotation / shear / zoom / shift / TPS ranges (0: crop and flip only)
     skip_curriculum: tuple[tuple[float, int], ...] = STCN_SKIP_CURRICULUM
     min_object_pixels: int = 16  # an object counts as visible in the first frame from this area
 
