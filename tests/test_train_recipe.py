@@ -1,29 +1,34 @@
 """Training follows the published STCN / RDE-VOS recipes: frozen BatchNorm, the recipe
 defaults, the max-skip curriculum, mixed precision on CUDA only, the static-image
-augmentation (TPS)."""
+augmentation (TPS), RDE-VOS's first-mask perturbation, clip reading order and loss terms."""
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import random
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from remn.config import PRESETS
 from remn.model import REMN
 from remn.train import TrainConfig, train
-from remn.train import augment
-from remn.train.clips import ClipDataset, SampleSpec
+from remn.train import augment, losses
+from remn.train.clips import ClipDataset, SampleSpec, build_clip_dataset
+from remn.train.rde_recipe import embedding_frames, rde_training_pass
 from remn.train.trainer import (
     LEARNING_RECIPE,
     amp_dtype,
     build_training_model,
     resolve_amp,
     set_training_mode,
+    write_synthetic_data,
 )
 
+TINY_RDE = dataclasses.replace(PRESETS["tiny"], name="tiny-rde", gate=False, local_attention=False, memory="rde")
 RUN = dict(  # one tiny step on the CPU
     device="cpu", synthetic=2, synthetic_size=(32, 48), synthetic_frames=6, crop_size=(32, 48), min_crop_area=0.8,
     iterations=1, batch_size=2, lr=1e-3, progress=False, tensorboard=False, threads=1, save_every=10,
@@ -98,6 +103,8 @@ def test_explicit_settings_and_recipes_override_the_derived_ones():
     assert (config.num_frames, config.lr, config.batch_size) == (3, 3e-5, 4)
     with pytest.raises(ValueError, match="recipe must be one of"):
         TrainConfig(output="x", synthetic=1, recipe="stcn-stage9")
+    with pytest.raises(ValueError, match="rde_perturb_iou"):
+        TrainConfig(output="x", synthetic=1, rde_perturb_iou=(0.9, 0.8))
 
 
 def test_stcn_skip_curriculum_boundaries():
@@ -221,3 +228,162 @@ def test_hue_shift_matches_hsv():
                 expected[:, i, j] = torch.tensor(colorsys.hsv_to_rgb((h + shift) % 1.0, s, v))
         torch.testing.assert_close(augment.shift_hue(image, shift), expected, atol=1e-5, rtol=0)
 
+
+# ----------------------------------------------------------------- RDE-VOS: first-mask perturbation
+def test_dilate_and_erode():
+    dot = torch.zeros(7, 7)
+    dot[3, 3] = 1
+    square = augment.structuring_element(1, 3)
+    grown = augment.dilate(dot, square)
+    assert grown.sum() == 9 and torch.equal(grown[2:5, 2:5], torch.ones(3, 3))
+    block = torch.zeros(7, 7)
+    block[1:6, 1:6] = 1
+    assert augment.erode(block, square).sum() == 9 and augment.erode(torch.ones(4, 4), square).sum() == 16
+
+
+def test_perturb_mask_reaches_its_iou_target_deterministically():
+    mask = torch.zeros(48, 64)
+    mask[10:38, 12:50] = 1
+    for target in (0.95, 0.85):
+        perturbed = augment.perturb_mask(mask, random.Random(1), target)
+        assert augment.mask_iou(perturbed, mask) < target
+        assert torch.equal(perturbed, augment.perturb_mask(mask, random.Random(1), target))
+        assert set(perturbed.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(augment.perturb_mask(mask, random.Random(1), 1.0), mask)
+
+
+def test_rde_samples_carry_perturbed_first_masks(tmp_path):
+    config = TrainConfig(output=tmp_path, model=TINY_RDE, **{**RUN, "synthetic_size": (48, 64), "crop_size": (48, 64)})
+    assert config.num_frames == 5 and config.recipe == "rde-video"
+    write_synthetic_data(config)
+    dataset = build_clip_dataset(config)
+    differs = 0
+    for seed in range(3):
+        sample = dataset[SampleSpec(seed % len(dataset), seed, 2)]
+        assert sample["frames"].shape[0] == 5 and sample["perturbed_first_masks"].shape == sample["first_masks"].shape
+        for mask, perturbed, valid in zip(sample["first_masks"], sample["perturbed_first_masks"],
+                                          sample["object_valid"]):
+            if valid:
+                assert augment.mask_iou(perturbed, mask) > 0.2  # a corruption (small objects overshoot), not another
+                differs += not torch.equal(perturbed, mask)
+            else:
+                assert perturbed.sum() == 0
+    assert differs > 0
+    stcn = TrainConfig(output=tmp_path, model="tiny", **RUN)
+    assert "perturbed_first_masks" not in build_clip_dataset(stcn)[SampleSpec(0, 0, 2)]
+
+
+# ----------------------------------------------------------------- RDE-VOS: the clip pass and its losses
+def rde_clip(frames=5, batch=2, size=(32, 48)):
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.zeros(batch, frames, *size, dtype=torch.long)
+    for t in range(frames):
+        labels[:, t, 4 + t:16 + t, 6:22] = 1
+        labels[:, t, 18:28, 26 + t:40 + t] = 2
+    first = torch.stack([(labels[:, 0] == k + 1).float() for k in range(2)], dim=1)  # [B, 2, H, W]
+    perturbed = first.clone()
+    perturbed[:, :, 8:12, 10:16] = 1 - perturbed[:, :, 8:12, 10:16]
+    valid = torch.ones(batch, 2, dtype=torch.bool)
+    return torch.rand(batch, frames, 3, *size, generator=generator), first, perturbed, labels, valid
+
+
+def test_rde_clip_reads_in_the_published_order():
+    model = REMN(TINY_RDE, fused=False).eval()
+    frames, first, perturbed, _, valid = rde_clip()
+    reads, compressions = [], []
+    real_segment, real_compress = model.segment, model.mem_compress.forward
+
+    def segment(features, keys, values, **kwargs):
+        output = real_segment(features, keys, values, **kwargs)
+        reads.append((keys, values, output))
+        return output
+
+    def compress(*args):
+        result = real_compress(*args)
+        compressions.append((args, result))
+        return result
+
+    model.segment = segment
+    model.mem_compress.forward = compress
+    with torch.no_grad():
+        clip = rde_training_pass(model, frames, first, perturbed, valid)
+    # frame 1 full [m0]; 2 full [m0, m1] + embedding; 3 full [m0..m2]; 4 full [m0..m3] + embedding
+    assert [keys.shape[2] for keys, _, _ in reads] == [1, 2, 1, 3, 4, 1]
+    assert embedding_frames(5) == (2, 4) and len(compressions) == 3  # E after m1, m2, m3
+    full4_keys, full4_values, _ = reads[4]
+    m = [(full4_keys[:, :, t], full4_values[:, :, :, t]) for t in range(4)]
+    with torch.no_grad():
+        features0 = model.encode_key(frames[:, 0])
+        torch.testing.assert_close(m[0][1], model.encode_value(features0, perturbed))  # m0 from the perturbed mask
+        torch.testing.assert_close(m[2][1], model.encode_value(model.encode_key(frames[:, 2]),
+                                                               reads[1][2].padded_probs[:, 1:]))  # full read of frame 2
+        embedding = (m[0][0], m[0][1])
+        for t in (1, 2, 3):
+            embedding = real_compress(embedding[0], embedding[1], m[t][0], m[t][1])
+            if t == 1:
+                torch.testing.assert_close(reads[2][0][:, :, 0], embedding[0])  # frame 2 reads C(m0, m1)
+        torch.testing.assert_close(reads[5][0][:, :, 0], embedding[0])  # frame 4 reads C(C(C(m0, m1), m2), m3)
+        torch.testing.assert_close(reads[5][1][:, :, :, 0], embedding[1])
+    trained = [reads[0][2], reads[2][2], reads[3][2], reads[5][2]]  # full, embedding, full, embedding
+    for t, output in enumerate(trained):
+        torch.testing.assert_close(clip.logits[:, t], output.logits)
+    assert len(clip.readouts) == 2 and clip.readouts[0][0].shape == (2, 2, 2 * TINY_RDE.value_dim, 2, 3)
+
+
+def test_rde_clip_on_static_images_reads_the_full_memory_only():
+    model = REMN(TINY_RDE, fused=False).eval()
+    frames, first, perturbed, _, valid = rde_clip(frames=3)
+    with torch.no_grad():
+        clip = rde_training_pass(model, frames, first, perturbed, valid, embedding_reads=False)
+    assert clip.readouts == [] and clip.logits.shape[1] == 2 and clip.first_values is not None
+
+
+def test_object_channel_kl_is_rde_vos_kldivloss_per_object():
+    student, teacher = torch.randn(2, 2, 6, 3, 4, requires_grad=True), torch.randn(2, 2, 6, 3, 4, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # KLDivLoss's 'mean' warns in favour of batchmean; RDE-VOS uses 'mean'
+        published = sum(nn.KLDivLoss()(F.log_softmax(student[:, o], dim=1), F.softmax(teacher[:, o], dim=1))
+                        for o in range(2))
+    value = losses.object_channel_kl(student, teacher)
+    torch.testing.assert_close(value, published)
+    value.backward()
+    assert student.grad.abs().sum() > 0 and teacher.grad.abs().sum() > 0  # neither side detached
+    assert losses.object_channel_kl(teacher, teacher.detach()).abs() < 1e-6
+
+
+def test_rde_frame_weights_halve_the_running_total():
+    total, loss = 0.0, torch.tensor([1.0, 10.0, 100.0, 1000.0])
+    for value in loss:  # RDE-VOS LossComputer: add the frame's loss, then halve the total
+        total = (total + value) / 2
+    torch.testing.assert_close((losses.rde_frame_weights(4) * loss).sum(), total)
+    assert losses.rde_frame_weights(4).tolist() == [1 / 16, 1 / 8, 1 / 4, 1 / 2]
+
+
+def test_rde_objective_terms_and_weights():
+    torch.manual_seed(0)
+    model = REMN(TINY_RDE, fused=False).train()
+    frames, first, perturbed, labels, valid = rde_clip()
+    objective = losses.ClipObjective(model, losses.LossWeights(gate=0.0))
+    assert objective.weights.rde_consistency == objective.weights.rde_distillation == 10.0
+    total, parts = objective(frames, first, labels, valid, 1.0, perturbed)
+    assert set(parts) == {"ce", "rde_consistency", "rde_distillation"}
+    torch.testing.assert_close(total.detach(), parts["ce"] + 10 * parts["rde_consistency"] + 10 * parts["rde_distillation"])
+    assert parts["rde_consistency"] > 0 and parts["rde_distillation"] > 0
+    total.backward()
+    assert model.mem_compress.compress_value.weight.grad.abs().sum() > 0
+    assert model.value_encoder.conv1.weight.grad.abs().sum() > 0
+
+    model.zero_grad(set_to_none=True)
+    static = losses.ClipObjective(model, losses.LossWeights(gate=0.0), rde_embedding_reads=False)
+    total, parts = static(frames[:, :3], first, labels[:, :3], valid, 1.0, perturbed)
+    assert set(parts) == {"ce", "rde_consistency"}
+    total.backward()
+    assert all(p.grad is None for p in model.mem_compress.parameters())
+
+
+def test_rde_model_trains_a_step_with_five_frame_clips(tmp_path):
+    config = TrainConfig(output=tmp_path / "run", model=TINY_RDE, freeze_batchnorm=False, log_every=1, **RUN)
+    weights = train(config)
+    assert torch.load(weights, map_location="cpu", weights_only=True)["iteration"] == 1
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    assert '"rde_consistency"' in log and '"rde_distillation"' in log

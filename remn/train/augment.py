@@ -28,6 +28,9 @@ finished crop again, bilinear, so pixels the spline pulls from beyond the crop a
 there and real image here); torchvision's ColorJitter applies its four adjustments in a
 random order, `apply_colour` in a fixed one; masks are resampled nearest where STCN
 resamples its 0/255 masks bicubic and thresholds them at half.
+
+RDE-VOS's first-mask perturbation (`perturb_mask`) is here too: the memory of an RDE clip
+is built from a corrupted first mask.
 """
 from __future__ import annotations
 
@@ -360,3 +363,63 @@ STATIC_CLIP_JITTER = ColourJitter(brightness=0.1, contrast=0.05, saturation=0.05
 STATIC_FRAME_JITTER = ColourJitter(brightness=0.1, contrast=0.05, saturation=0.05)
 STATIC_FILL = IMAGENET_MEAN  # STCN fills with im_mean = (124, 116, 104) / 255, the ImageNet mean
 
+
+# ------------------------------------------------------------ RDE-VOS's mask perturbation
+PERTURB_ROUNDS = 250  # perturb_mask: at most this many rounds of 4 box operations
+PERTURB_KERNEL_SIZES = (3, 9)  # random_dilate / random_erode: np.random.randint(3, 10)
+
+
+def structuring_element(shape: int, size: int) -> torch.Tensor:
+    """RDE-VOS's get_random_structure, choice `shape` 1..4: a size×size square, a disc, an
+    ellipse half as tall, or one half as wide → float [kh, kw] of 0/1."""
+    if shape == 1:
+        return torch.ones(size, size)
+    height, width = {2: (size, size), 3: (size // 2, size), 4: (size, size // 2)}[shape]
+    ys = (torch.arange(height) - (height - 1) / 2) / (height / 2)
+    xs = (torch.arange(width) - (width - 1) / 2) / (width / 2)
+    return ((ys[:, None] ** 2 + xs[None, :] ** 2) <= 1).float()
+
+
+def dilate(mask: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Binary dilation of mask [H, W] (0/1) by kernel [kh, kw], anchored at its centre
+    (kh // 2, kw // 2) as OpenCV's; nothing grows in from outside the mask's box."""
+    height, width = kernel.shape
+    padded = F.pad(mask[None, None], (width // 2, width - 1 - width // 2, height // 2, height - 1 - height // 2))
+    return (F.conv2d(padded, kernel[None, None]) > 0.5)[0, 0].to(mask.dtype)
+
+
+def erode(mask: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Binary erosion, the complement of dilating the complement: the box edge does not erode."""
+    return 1 - dilate(1 - mask, kernel)
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """IoU of two 0/1 masks as RDE-VOS computes it: (|a ∩ b| + 1e-6) / (|a ∪ b| + 1e-6)."""
+    a, b = a > 0.5, b > 0.5
+    return (float((a & b).sum()) + 1e-6) / (float((a | b).sum()) + 1e-6)
+
+
+def perturb_mask(mask: torch.Tensor, rng: random.Random, iou_target: float) -> torch.Tensor:
+    """RDE-VOS's perturb_mask (dataset/vos_dataset.py): a corrupted copy of mask [H, W] (0/1).
+
+    Each round picks 4 random boxes; in a tenth of them the centre pixel is set to 0 or 1,
+    then the box is dilated or eroded (even odds) by a random structuring element of 3..9
+    px. Rounds stop once the IoU with the mask falls below iou_target, after 250 at most.
+    iou_target >= 1, or a side of 2 px or less, returns the mask unchanged.
+    """
+    height, width = mask.shape
+    if iou_target >= 1.0 or height <= 2 or width <= 2:
+        return mask.clone()
+    corrupted = (mask > 0.5).float()
+    for _ in range(PERTURB_ROUNDS):
+        for _ in range(4):
+            left, top = rng.randrange(width), rng.randrange(height)
+            right, bottom = rng.randint(left + 1, width), rng.randint(top + 1, height)  # exclusive ends
+            if rng.random() < 0.1:
+                corrupted[(top + bottom) // 2, (left + right) // 2] = float(rng.randrange(2))
+            operation = dilate if rng.random() < 0.5 else erode
+            kernel = structuring_element(rng.randint(1, 4), rng.randint(*PERTURB_KERNEL_SIZES))
+            corrupted[top:bottom, left:right] = operation(corrupted[top:bottom, left:right], kernel)
+        if mask_iou(corrupted, mask) < iou_target:
+            break
+    return corrupted

@@ -84,8 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "20K → 70K of STCN's 150K scaled to the run)")
     clips.add_argument("--gate-weight", type=float, default=0.1, help="gate term weight (0: off)")
     clips.add_argument("--contrastive-weight", type=float, default=0.0, help="key contrastive term weight (0: off)")
-    clips.add_argument("--rde-consistency-weight", type=float, default=1.0,
-                       help="RDE models: KL(full-memory read || embedding read) weight (0: off)")
+    clips.add_argument("--rde-consistency-weight", type=float, default=10.0,
+                       help="RDE models: KL(true-mask values || perturbed-mask values) weight (0: off)")
+    clips.add_argument("--rde-distillation-weight", type=float, default=10.0,
+                       help="RDE models: KL(full-memory readout || embedding readout) weight (0: off)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -105,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ce_weight=args.ce_weight, bootstrap_top_p=args.bootstrap_top_p,
         bootstrap_range=None if args.bootstrap_range is None else tuple(args.bootstrap_range),
         gate_weight=args.gate_weight, contrastive_weight=args.contrastive_weight,
-        rde_consistency_weight=args.rde_consistency_weight,
+        rde_consistency_weight=args.rde_consistency_weight, rde_distillation_weight=args.rde_distillation_weight,
     )
 
 

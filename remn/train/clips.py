@@ -11,6 +11,10 @@ Sample (one clip, O = `max_objects` slots, (h, w) = `crop_size`):
     first_masks   float32 [O, h, w]    frame 0's mask of each slot (zero for padding slots)
     labels        int64   [T, h, w]    0 background, k+1 the object in slot k, IGNORE_INDEX void
     object_valid  bool    [O]
+    perturbed_first_masks  float32 [O, h, w]  RDE models only (`perturb_iou`): first_masks
+                                       corrupted to an IoU target drawn per clip
+                                       (`augment.perturb_mask`), what RDE-VOS's memory
+                                       starts from
 
 Objects are chosen at random among those visible (≥ `min_object_pixels`) in the first
 sampled frame after cropping; objects not chosen are background.
@@ -249,7 +253,7 @@ class ClipDataset(Dataset):
 
     def __init__(self, sources: Sequence, *, num_frames: int = 3, max_objects: int = 2,
                  crop_size: tuple[int, int] = (384, 384), min_crop_area: float = 0.36, min_object_pixels: int = 16,
-                 geometric_jitter: float = 1.0):
+                 geometric_jitter: float = 1.0, perturb_iou: tuple[float, float] | None = None):
         self.sources = [s for s in sources if len(s) > 0]
         if not self.sources:
             raise ValueError("the training data is empty: no source holds a usable clip")
@@ -260,6 +264,7 @@ class ClipDataset(Dataset):
         self.min_crop_area = min_crop_area
         self.min_object_pixels = min_object_pixels
         self.jitter = geometric_jitter
+        self.perturb_iou = perturb_iou
 
     def __len__(self) -> int:
         return self.offsets[-1]
@@ -328,7 +333,13 @@ class ClipDataset(Dataset):
         slots = torch.arange(1, self.max_objects + 1)
         first_masks = (labels[0][None] == slots[:, None, None]).float()  # [O, h, w]
         object_valid = torch.arange(self.max_objects) < len(chosen)
-        return {"frames": frames, "first_masks": first_masks, "labels": labels, "object_valid": object_valid}
+        sample = {"frames": frames, "first_masks": first_masks, "labels": labels, "object_valid": object_valid}
+        if self.perturb_iou is not None:  # RDE-VOS: one IoU target per clip, U[perturb_min, perturb_max]
+            target = rng.uniform(*self.perturb_iou)
+            sample["perturbed_first_masks"] = torch.stack([
+                augment.perturb_mask(mask, rng, target) if valid else mask for mask, valid in zip(first_masks, object_valid)
+            ])  # [O, h, w]
+        return sample
 
 
 # ----------------------------------------------------------------- sampling
@@ -394,4 +405,5 @@ def build_clip_dataset(config) -> ClipDataset:
         sources.append(davis_clips(Path(config.output) / "data", "train", 2017))
     return ClipDataset(sources, num_frames=config.num_frames, max_objects=config.max_objects,
                        crop_size=config.crop_size, min_crop_area=config.min_crop_area,
-                       min_object_pixels=config.min_object_pixels, geometric_jitter=config.geometric_jitter)
+                       min_object_pixels=config.min_object_pixels, geometric_jitter=config.geometric_jitter,
+                       perturb_iou=config.rde_perturb_iou if config.model_config.memory == "rde" else None)

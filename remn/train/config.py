@@ -119,7 +119,10 @@ class TrainConfig:
     gate_weight: float = 0.1  # remn's gate (not in either paper)
     contrastive_weight: float = 0.0  # remn's key contrastive term (not in either paper)
     contrastive_temperature: float = 0.1
-    rde_consistency_weight: float = 1.0  # RDE models only: KL(full-memory read ‖ embedding read)
+    # RDE models only (RDE-VOS hyper_para.py and its stage 3 command; remn.train.rde_recipe):
+    rde_consistency_weight: float = 10.0  # klloss_weight: values from the perturbed vs the true first mask
+    rde_distillation_weight: float = 10.0  # decoder_f2_weight = decoder_f4_weight: embedding vs full-memory readout
+    rde_perturb_iou: tuple[float, float] = (0.85, 1.0)  # perturb_min, perturb_max: IoU of the first-frame memory mask
 
     # --- optimisation --------------------------------------------------------------
     batch_size: int | None = None  # clips per process and step
@@ -177,6 +180,7 @@ class TrainConfig:
         self.lr_decay_at = tuple(float(f) for f in self.lr_decay_at)
         if self.bootstrap_range is not None:
             self.bootstrap_range = tuple(int(v) for v in self.bootstrap_range)
+        self.rde_perturb_iou = tuple(float(v) for v in self.rde_perturb_iou)
         positive = ("iterations", "batch_size", "save_every", "log_every", "num_frames", "max_objects",
                     "davis_repeat", "synthetic_frames")
         for name in positive:
@@ -199,15 +203,19 @@ class TrainConfig:
                                                  or not 0 <= self.bootstrap_range[0] <= self.bootstrap_range[1]):
             raise ValueError(f"TrainConfig.bootstrap_range must be (start, end) with 0 <= start <= end, "
                              f"got {self.bootstrap_range}")
-        for name in ("ce_weight", "gate_weight", "contrastive_weight", "rde_consistency_weight", "lr", "weight_decay",
-                     "lr_decay"):
+        for name in ("ce_weight", "gate_weight", "contrastive_weight", "rde_consistency_weight",
+                     "rde_distillation_weight", "lr", "weight_decay", "lr_decay"):
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value}")
+        rde = model.memory == "rde"
         active = (self.ce_weight, self.contrastive_weight, self.gate_weight if model.gate else 0.0,
-                  self.rde_consistency_weight if model.memory == "rde" else 0.0)
+                  self.rde_consistency_weight if rde else 0.0, self.rde_distillation_weight if rde else 0.0)
         if not any(active):
             raise ValueError("every loss weight that applies to this model is 0: nothing to train")
+        if len(self.rde_perturb_iou) != 2 or not 0.0 < self.rde_perturb_iou[0] <= self.rde_perturb_iou[1] <= 1.0:
+            raise ValueError(f"TrainConfig.rde_perturb_iou must be (low, high) with 0 < low <= high <= 1, "
+                             f"got {self.rde_perturb_iou}")
         if self.contrastive_temperature <= 0:
             raise ValueError(f"TrainConfig.contrastive_temperature must be > 0, got {self.contrastive_temperature}")
         if self.clip_grad is not None and not self.clip_grad > 0:

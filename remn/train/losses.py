@@ -44,12 +44,23 @@ The terms (each off with a weight of 0):
    over regions present (≥ a quarter key cell) in both frames, in clips with at least two
    such regions. Its gradient reaches the key encoder and key projection.
 
-4. RDE consistency (models with RDE's memory compressor only): frames 2.. are read both
-   from [annotated, embedding, last] (the prediction trained by the cross-entropy) and
-   from the full memory (`SegmentOutput.full_memory_logits`);
-   L_rde = KL(p_full ‖ p_embedding) over the aggregated classes, full side detached
-   (`remn.model.rde.rde_consistency_loss`), so the compressor learns to keep what the full
-   memory would have read.
+4. RDE-VOS's terms (models with RDE's memory compressor only): such a model trains on
+   RDE-VOS's own clip pass (`remn.train.rde_recipe`: which frames read the recurrent
+   embedding, which the full memory), with the cross-entropy weighted per frame as
+   RDE-VOS weights it (`rde_frame_weights`), plus
+
+       L_consistency = Σ_o KL(softmax_c v_true ‖ softmax_c v_perturbed)    (frame 0's values)
+       L_distill     = Σ_t Σ_o KL(softmax_c x_full ‖ softmax_c x_embedding)  (decoder inputs)
+
+   with `object_channel_kl` (nn.KLDivLoss()'s element-wise mean, temperature 1, no side
+   detached), weighted 10 and 10 by default (`TrainConfig.rde_consistency_weight`,
+   `rde_distillation_weight`).
+
+The cross-entropy of STCN-style models is the mean over the predicted frames, where STCN's
+LossComputer sums them (total = loss_1 + loss_2), and its hardest pixels are taken over
+the whole batch, where STCN takes them per clip; with Adam the factor of T−1 only shifts
+the relative weight of remn's own gate and contrastive terms, whose weights were set
+against the mean.
 """
 from __future__ import annotations
 
@@ -62,7 +73,7 @@ from torch import nn
 
 from remn import reference
 from remn.model.network import even_padding
-from remn.model.rde import rde_consistency_loss
+from remn.train.rde_recipe import rde_training_pass
 
 IGNORE_INDEX = -100
 MIN_REGION_CELLS = 0.25  # a region takes part in the contrastive term from this many key cells
@@ -70,11 +81,12 @@ LOG_EPSILON = 1e-6
 
 
 # ----------------------------------------------------------------- cross-entropy
-def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_fraction: float) -> torch.Tensor:
-    """logits [B, T, C, H, W], labels int64 [B, T, H, W] (IGNORE_INDEX = void) → scalar.
+def bootstrapped_cross_entropy_per_frame(logits: torch.Tensor, labels: torch.Tensor,
+                                         hard_fraction: float) -> torch.Tensor:
+    """logits [B, T, C, H, W], labels int64 [B, T, H, W] (IGNORE_INDEX = void) → [T].
 
     Per frame index t, the mean over the ⌈hard_fraction · n⌉ largest per-pixel
-    cross-entropies of the batch's n non-void pixels; then the mean over t.
+    cross-entropies of the batch's n non-void pixels.
     """
     if logits.dim() != 5 or labels.shape != logits.shape[:2] + logits.shape[3:]:
         raise ValueError(f"logits [B, T, C, H, W] and labels [B, T, H, W] expected, got "
@@ -96,7 +108,43 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_
             count = max(1, math.ceil(hard_fraction * kept.numel()))
             kept = kept.topk(count, sorted=False).values
         per_frame.append(kept.mean())
-    return torch.stack(per_frame).mean()
+    return torch.stack(per_frame)
+
+
+def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_fraction: float) -> torch.Tensor:
+    """The mean over frames of `bootstrapped_cross_entropy_per_frame`: a scalar."""
+    return bootstrapped_cross_entropy_per_frame(logits, labels, hard_fraction).mean()
+
+
+def rde_frame_weights(num_predicted: int) -> torch.Tensor:
+    """RDE-VOS's cross-entropy weight of predicted frames 1..n: [n], frame t weighted 2^−(n+1−t).
+
+    Its LossComputer adds each frame's loss to the total and then halves the total
+    (model/losses.py, `losses['total_loss']/2` inside the frame loop): 1/16, 1/8, 1/4, 1/2
+    for n = 4.
+    """
+    return 0.5 ** torch.arange(num_predicted, 0, -1, dtype=torch.float32)
+
+
+def object_channel_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """RDE-VOS's KLDivLoss, summed over objects: student, teacher [B, O, C, ...] → scalar.
+
+        Σ_o T² · mean over (b, c, positions) of p_c (log p_c − log q_c),
+        p = softmax_c(teacher / T), q = softmax_c(student / T)
+
+    (`nn.KLDivLoss()(log_softmax(s / T, dim=1), softmax(t / T, dim=1)) · T²`, called per
+    object slot and added). Gradients reach both sides. Computed in fp32.
+    """
+    if student.shape != teacher.shape or student.dim() < 3:
+        raise ValueError(f"student and teacher must have the same shape [B, O, C, ...], got "
+                         f"{tuple(student.shape)} and {tuple(teacher.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    log_q = F.log_softmax(student.float() / temperature, dim=2)
+    log_p = F.log_softmax(teacher.float() / temperature, dim=2)
+    pointwise = F.kl_div(log_q, log_p, reduction="none", log_target=True)  # [B, O, C, ...]
+    per_object = pointwise.transpose(0, 1).flatten(1).mean(dim=1)  # [O]
+    return per_object.sum() * temperature**2
 
 
 # ----------------------------------------------------------------- gate
@@ -187,25 +235,36 @@ class LossWeights:
     gate: float = 0.1
     contrastive: float = 0.0
     contrastive_temperature: float = 0.1
-    rde_consistency: float = 1.0
+    rde_consistency: float = 10.0  # RDE-VOS klloss_weight
+    rde_distillation: float = 10.0  # RDE-VOS decoder_f2_weight = decoder_f4_weight
 
 
 class ClipObjective(nn.Module):
     """Runs a clip through `model` and returns (total loss, {term: value}).
 
     The model's own `forward` segments the clip (so whatever memory it runs is what is
-    trained); the keys it computed are captured from `model.key_proj` for the gate and
-    contrastive terms. Wrap this module, not the model, in DistributedDataParallel.
+    trained), except for a model with RDE's memory compressor, which runs RDE-VOS's
+    training pass (`remn.train.rde_recipe.rde_training_pass`; rde_embedding_reads False
+    on static images, where RDE-VOS reads the full memory only). The keys it computed are
+    captured from `model.key_proj` for the gate and contrastive terms. Wrap this module,
+    not the model, in DistributedDataParallel.
     """
 
-    def __init__(self, model: nn.Module, weights: LossWeights):
+    def __init__(self, model: nn.Module, weights: LossWeights, rde_embedding_reads: bool = True):
         super().__init__()
         self.model = model
         self.weights = weights
+        self.rde_embedding_reads = rde_embedding_reads
 
-    def forward(self, frames, first_masks, labels, object_valid, hard_fraction: float = 1.0):
+    @property
+    def rde(self) -> bool:
+        return self.model.mem_compress is not None
+
+    def forward(self, frames, first_masks, labels, object_valid, hard_fraction: float = 1.0,
+                perturbed_first_masks=None):
         """frames [B, T, 3, H, W], first_masks [B, O, H, W], labels int64 [B, T, H, W],
-        object_valid bool [B, O] → (scalar loss, dict of detached scalar terms)."""
+        object_valid bool [B, O], perturbed_first_masks [B, O, H, W] or None (RDE models: what
+        the memory starts from) → (scalar loss, dict of detached scalar terms)."""
         batch, frames_per_clip = frames.shape[:2]
         captured: list[torch.Tensor] = []
         needs_keys = (self.weights.gate > 0 and self.model.gate is not None) or self.weights.contrastive > 0
@@ -213,7 +272,11 @@ class ClipObjective(nn.Module):
         if needs_keys:
             handle = self.model.key_proj.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
-            output = self.model(frames, first_masks, object_valid)
+            if self.rde:
+                output = rde_training_pass(self.model, frames, first_masks, perturbed_first_masks, object_valid,
+                                           embedding_reads=self.rde_embedding_reads)
+            else:
+                output = self.model(frames, first_masks, object_valid)
         finally:
             if handle is not None:
                 handle.remove()
@@ -221,7 +284,7 @@ class ClipObjective(nn.Module):
         if needs_keys:
             if len(captured) != 1 or captured[0].shape[0] != batch * frames_per_clip:
                 raise RuntimeError(
-                    "ClipObjective expects REMN.forward to project the keys of all B·T frames in one "
+                    "ClipObjective expects the clip pass to project the keys of all B·T frames in one "
                     f"key_proj call; saw {len(captured)} call(s) of shapes {[tuple(c.shape) for c in captured]}"
                 )
             keys = captured[0].view(batch, frames_per_clip, *captured[0].shape[1:])  # [B, T, Ck, h, w]
@@ -235,7 +298,11 @@ class ClipObjective(nn.Module):
         parts: dict[str, torch.Tensor] = {}
         total = labels.new_zeros((), dtype=torch.float32)
         if self.weights.ce > 0:
-            parts["ce"] = bootstrapped_cross_entropy(output.logits, labels[:, 1:], hard_fraction)
+            if self.rde:
+                per_frame = bootstrapped_cross_entropy_per_frame(output.logits, labels[:, 1:], hard_fraction)  # [T−1]
+                parts["ce"] = (per_frame * rde_frame_weights(frames_per_clip - 1).to(per_frame.device)).sum()
+            else:
+                parts["ce"] = bootstrapped_cross_entropy(output.logits, labels[:, 1:], hard_fraction)
             total = total + self.weights.ce * parts["ce"]
         if self.weights.gate > 0 and self.model.gate is not None:
             terms = []
@@ -252,9 +319,11 @@ class ClipObjective(nn.Module):
                 self.weights.contrastive_temperature,
             )
             total = total + self.weights.contrastive * parts["contrastive"]
-        if self.weights.rde_consistency > 0 and output.full_memory_logits is not None:
-            parts["rde_consistency"] = rde_consistency_loss(
-                output.logits[:, 1:].flatten(0, 1), output.full_memory_logits.flatten(0, 1)
-            )
+        if self.rde and self.weights.rde_consistency > 0 and output.first_values is not None:
+            parts["rde_consistency"] = object_channel_kl(*output.first_values)  # student perturbed, teacher true
             total = total + self.weights.rde_consistency * parts["rde_consistency"]
+        if self.rde and self.weights.rde_distillation > 0 and output.readouts:
+            parts["rde_distillation"] = torch.stack(
+                [object_channel_kl(embedding, full) for embedding, full in output.readouts]).sum()
+            total = total + self.weights.rde_distillation * parts["rde_distillation"]
         return total, parts

@@ -320,10 +320,11 @@ def _train(config: TrainConfig, context: distributed.DistributedContext) -> Path
     if config.resume is not None:
         load_checkpoint(state, config.resume)
     weights = LossWeights(config.ce_weight, config.gate_weight, config.contrastive_weight,
-                          config.contrastive_temperature, config.rde_consistency_weight)
-    # parameters a model's forward may leave unused (RDE's compressor) need DDP's search
+                          config.contrastive_temperature, config.rde_consistency_weight, config.rde_distillation_weight)
+    # parameters a clip pass may leave unused (RDE's compressor on static images) need DDP's search
     unused = getattr(model, "mem_compress", None) is not None
-    objective = distributed.wrap(ClipObjective(model, weights), context, find_unused_parameters=unused)
+    objective = ClipObjective(model, weights, rde_embedding_reads=config.stage == "video")
+    objective = distributed.wrap(objective, context, find_unused_parameters=unused)
 
     if state.iteration < config.end_iteration:
         _run_iterations(config, context, state, objective, dataset, dtype)
@@ -356,9 +357,12 @@ def _run_iterations(config, context, state: TrainingState, objective, dataset, d
             first_masks = batch["first_masks"].to(device, non_blocking=True)
             labels = batch["labels"].to(device, non_blocking=True)
             object_valid = batch["object_valid"].to(device, non_blocking=True)
+            perturbed = batch.get("perturbed_first_masks")  # RDE models only
+            if perturbed is not None:
+                perturbed = perturbed.to(device, non_blocking=True)
             hard_fraction = config.hard_pixel_fraction_at(step)
             with autocast():
-                loss, parts = objective(frames, first_masks, labels, object_valid, hard_fraction)
+                loss, parts = objective(frames, first_masks, labels, object_valid, hard_fraction, perturbed)
             names = ["loss", *parts]
             values = distributed.mean_over_ranks(
                 context, torch.stack([loss.detach().float(), *(v.float() for v in parts.values())]))
