@@ -29,14 +29,14 @@ MEMORY_MODES = {
 
 
 def settings(device: torch.device, quick: bool):
-    """(memory mode, (H, W), objects, amp, fused, adaptive); RDE memorises every 3rd frame."""
+    """(memory mode, (H, W), objects, precision, fused, adaptive); RDE memorises every 3rd frame."""
     if quick:
-        rows = [("remn", (64, 96), o, None, True, adaptive) for o in (1, 2) for adaptive in (True, False)]
-        return rows + [("remn", (64, 96), 1, None, False, True), ("rde", (64, 96), 2, None, True, False)]
-    precisions = (None, "bf16") if device.type == "cuda" else (None,)
-    rows = [("remn", (480, 854), o, amp, fused, adaptive)
-            for o in (1, 2, 4) for amp in precisions for fused in (True, False) for adaptive in (True, False)]
-    return rows + [("rde", (480, 854), o, amp, fused, False) for o in (1, 2, 4) for amp in precisions
+        rows = [("remn", (64, 96), o, "fp32", True, adaptive) for o in (1, 2) for adaptive in (True, False)]
+        return rows + [("remn", (64, 96), 1, "fp32", False, True), ("rde", (64, 96), 2, "fp32", True, False)]
+    precisions = ("fp32", "bf16") if device.type == "cuda" else ("fp32",)
+    rows = [("remn", (480, 854), o, precision, fused, adaptive)
+            for o in (1, 2, 4) for precision in precisions for fused in (True, False) for adaptive in (True, False)]
+    return rows + [("rde", (480, 854), o, precision, fused, False) for o in (1, 2, 4) for precision in precisions
                    for fused in (True, False)]
 
 
@@ -85,7 +85,7 @@ def run(device: torch.device, quick: bool) -> list[dict]:
     results = []
     models = {}
     nvml = NvmlSampler(device)  # utilisation and power during each timed pass
-    for memory, size, objects, amp, fused, adaptive in progress(settings(device, quick), "end to end"):
+    for memory, size, objects, precision, fused, adaptive in progress(settings(device, quick), "end to end"):
         frames, masks = make_clip(seed=3, num_frames=num_frames, height=size[0], width=size[1], num_objects=objects)
         frames_on_device = [torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in frames]
         config, model_overrides, preset = MEMORY_MODES[memory]["quick" if quick else "full"]
@@ -95,7 +95,7 @@ def run(device: torch.device, quick: bool) -> list[dict]:
             models[key] = remn.build_model(fused=fused, config=config, device=device, **model_overrides)
         model = models[key]
         policy = {} if adaptive or memory == "rde" else {"update": "every", "mem_every": 5}
-        inference = resolve_inference_config(preset, size=None, amp=amp, **policy)
+        inference = resolve_inference_config(preset, size=None, precision=precision, **policy)
         segmenter = Segmenter(model, inference)
         # Warm-up over the whole clip: every memory size the timed pass meets has its kernels
         # compiled (Triton specialises sizes divisible by 16) and tuned before the clock runs.
@@ -105,7 +105,7 @@ def run(device: torch.device, quick: bool) -> list[dict]:
         with stage_timers(model, device) as totals:
             segment_clip(segmenter, frames_on_device, masks[0])
         results.append({
-            "memory": memory, "config": config, "size": f"{size[1]}x{size[0]}", "objects": objects, "precision": amp or "fp32",
+            "memory": memory, "config": config, "size": f"{size[1]}x{size[0]}", "objects": objects, "precision": precision,
             "fused": fused, "adaptive": adaptive, "frames": report.frames, "fps": report.fps,
             "memory_frames": report.peak_memory_frames, "nvml": nvml.summary(),
             **{f"{stage}_ms": total / num_frames for stage, total in totals.items()},

@@ -27,7 +27,7 @@ def cases(device: torch.device, quick: bool):
     """(config, (H, W), memory frames T, objects, precisions)."""
     if quick:
         return "tiny", (64, 112), 3, (2,), (None,)
-    precisions = (None, "bf16") if device.type == "cuda" else (None,)
+    precisions = ("fp32", "bf16") if device.type == "cuda" else ("fp32",)
     return "remn", (1080, 1920), 20, (1, 4), precisions
 
 
@@ -42,12 +42,12 @@ def run(device: torch.device, quick: bool) -> list[dict]:
             frames, masks = make_clip(seed=11, num_frames=memory_frames + timed_frames, height=size[0], width=size[1],
                                       num_objects=objects)
             clip = [torch.from_numpy(np.ascontiguousarray(f)).to(device) for f in frames]
-            for amp in precisions:
+            for precision in precisions:
                 inference = resolve_inference_config(
-                    config, size=None, amp=amp, update="every", mem_every=1, capacity=memory_frames, gate_threshold=0.0,
+                    config, size=None, precision=precision, update="every", mem_every=1, capacity=memory_frames, gate_threshold=0.0,
                 )
                 row = {"config": config, "size": f"{size[1]}x{size[0]}", "memory_frames": memory_frames,
-                       "objects": objects, "precision": amp or "fp32", "fused": fused}
+                       "objects": objects, "precision": precision, "fused": fused}
                 row.update(_segment_at_full_memory(Segmenter(model, inference), clip, masks[0], memory_frames, device))
                 results.append(row)
         del model

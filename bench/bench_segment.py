@@ -47,7 +47,7 @@ class InstantSegmenter:
 
 def run(device: torch.device, quick: bool) -> list[dict]:
     config, (height, width), num_frames = ("tiny", (64, 112), 6) if quick else ("remn", (480, 854), 60)
-    precision = "bf16" if device.type == "cuda" else None
+    precision = "bf16" if device.type == "cuda" else "fp32"
     results = []
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -57,10 +57,10 @@ def run(device: torch.device, quick: bool) -> list[dict]:
         write_annotation(root / "first.png", masks[0].astype(np.uint8))
         torch.manual_seed(0)
         model = remn.build_model(config=config, device=device)
-        segmenter = Segmenter(model, resolve_inference_config(config, amp=precision, size=None))  # frames already at size
+        segmenter = Segmenter(model, resolve_inference_config(config, precision=precision, size=None))  # frames already at size
         instant = InstantSegmenter(torch.from_numpy(masks[num_frames // 2].astype(np.int64)), (1, 2))
         for overlay in progress((False, True), "segment on files"):
-            row = {"config": config, "size": f"{width}x{height}", "frames": num_frames, "precision": precision or "fp32",
+            row = {"config": config, "size": f"{width}x{height}", "frames": num_frames, "precision": precision,
                    "overlay": overlay}
             for name, stepper in (("model", segmenter), ("io_only", instant)):
                 job = single_video_job(root / "frames", root / "first.png", root / f"out-{name}-{overlay}", overlay)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-MEMORY_MODES = ("remn", "rde")
+# What the network builds for its memory: "rde" adds RDE-VOS's compressor (mem_compress).
+MODEL_MEMORIES = ("remn", "rde")
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class ModelConfig:
         for name in ("key_dim", "value_dim", "key_width", "value_width", "gate_hidden"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.memory not in MEMORY_MODES:
-            raise ValueError(f"ModelConfig.memory must be one of {MEMORY_MODES}, got {self.memory!r}")
+        if self.memory not in MODEL_MEMORIES:
+            raise ValueError(f"ModelConfig.memory must be one of {MODEL_MEMORIES}, got {self.memory!r}")
         if self.local_attention and self.local_radius < 1:
             raise ValueError(f"ModelConfig.local_radius must be >= 1, got {self.local_radius}")
         object.__setattr__(self, "key_blocks", tuple(self.key_blocks))

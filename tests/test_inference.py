@@ -155,7 +155,7 @@ def test_gate_threshold_drops_frames_but_not_the_first(model, clip):
 
 
 def test_capacity_eviction_takes_the_lowest_gate_score(model):
-    memory = make_memory_manager(model, tiny(capacity=4))
+    memory = make_memory_manager(model, tiny(capacity=4).memory)
     bank = memory.bank
     bank.add_group()
     key, values = torch.zeros(1, 16, 2, 2), [torch.zeros(1, 1, 64, 2, 2)]
@@ -243,12 +243,13 @@ def test_stcn_preset_reproduces_stcn_inference():
 
 def test_presets_and_config_checks():
     stcn = resolve_inference_config("stcn")
-    assert (stcn.model, stcn.update, stcn.mem_every, stcn.top_k, stcn.gate, stcn.local_attention, stcn.capacity) == (
+    bank = stcn.memory
+    assert (stcn.model, bank.update, bank.mem_every, stcn.top_k, bank.gate, stcn.local_attention, bank.capacity) == (
         "stcn", "every", 5, 20, False, False, None)
     remn_config = resolve_inference_config("remn")
-    assert remn_config.update == "adaptive" and remn_config.gate and remn_config.local_attention
+    assert remn_config.memory.update == "adaptive" and remn_config.memory.gate and remn_config.local_attention
     assert resolve_inference_config("tiny").model == "tiny" and remn_config.size == 480
-    for bad in ({"capacity": 1}, {"change_threshold": 1.5}, {"update": "sometimes"}, {"amp": "fp8"}, {"top_k": 0}):
+    for bad in ({"capacity": 1}, {"change_threshold": 1.5}, {"update": "sometimes"}, {"precision": "fp8"}, {"top_k": 0}):
         with pytest.raises(ValueError):
             resolve_inference_config("remn", **bad)
     with pytest.raises(ValueError, match="unknown inference preset"):
@@ -284,7 +285,7 @@ def test_steps_never_synchronise_the_gpu(preset):
     torch.manual_seed(0)
     model = remn.build_model(config=preset, device="cuda")
     frames, masks = make_clip(4, num_frames=12, height=240, width=432, num_objects=2)
-    segmenter = Segmenter(model, resolve_inference_config(preset, amp="bf16"))
+    segmenter = Segmenter(model, resolve_inference_config(preset, precision="bf16"))
     segmenter.step(frames[0], masks[0])
     for frame in frames[1:6]:
         segmenter.step(frame)

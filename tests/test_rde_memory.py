@@ -14,10 +14,10 @@ import remn
 from remn.cli import main
 from remn.data.palette import read_annotation, write_annotation, write_frame
 from remn.data.synthetic import make_clip
-from remn.inference import InferenceConfig, RDEMemory, Segmenter, resolve_inference_config
+from remn.inference import InferenceConfig, RDEMemory, RDESettings, Segmenter, resolve_inference_config
 from remn.inference.cli import add_arguments, config_from_args
 from remn.inference.memory import make_memory_manager
-from remn.inference.rde_memory import ANNOTATED, ANNOTATED_AGAIN, EMBEDDING, LAST
+from remn.inference.memory.rde import ANNOTATED, ANNOTATED_AGAIN, EMBEDDING, LAST
 
 HEIGHT, WIDTH = 48, 40  # not powers of two; keys at 3 × 3 (padded to 48 × 48 / 16)
 
@@ -156,21 +156,22 @@ def test_deterministic(model, clip):
 # ----------------------------------------------------------------------------- config
 def test_preset_and_validation(model):
     preset = resolve_inference_config("rde")
-    assert (preset.model, preset.memory, preset.update, preset.mem_every, preset.top_k) == ("rde", "rde", "every", 3, 40)
-    assert (preset.gate, preset.local_attention, preset.capacity) == (False, False, None)
-    for overrides, message in [
-        (dict(model="remn"), "memory compressor"),
-        (dict(update="adaptive"), "update must be 'every'"),
-        (dict(capacity=5), "capacity does not apply"),
-        (dict(gate=True), "gate does not apply"),
+    assert (preset.model, preset.memory.policy, preset.memory.mem_every, preset.top_k) == ("rde", "rde", 3, 40)
+    assert isinstance(preset.memory, RDESettings) and not preset.local_attention
+    for overrides, message in [  # the frame bank's settings are not RDE's: one check, in the settings
+        (dict(update="adaptive"), "update: not settings of memory='rde'"),
+        (dict(capacity=5), "capacity: not settings of memory='rde'"),
+        (dict(gate=True), "gate: not settings of memory='rde'"),
     ]:
         with pytest.raises(ValueError, match=message):
-            dataclasses.replace(preset, **overrides)
+            resolve_inference_config(preset, **overrides)
+    with pytest.raises(ValueError, match="memory compressor"):
+        dataclasses.replace(preset, model="remn")
     with pytest.raises(ValueError, match="memory compressor"):
         resolve_inference_config("tiny", memory="rde")
     frame_bank_model = remn.build_model(config="tiny", gate=False, local_attention=False, fused=False, device="cpu")
     with pytest.raises(ValueError, match="mem_compress"):
-        make_memory_manager(frame_bank_model, preset)
+        make_memory_manager(frame_bank_model, preset.memory)
 
 
 def test_memory_flag_maps_onto_the_config():
@@ -180,14 +181,14 @@ def test_memory_flag_maps_onto_the_config():
     def config(*flags):
         return config_from_args(parser.parse_args(["v", "--output", "o", *flags]))
 
-    assert (config().name, config().memory) == ("remn", "remn")
-    assert (config("--memory", "rde").name, config("--memory", "rde").memory) == ("rde", "rde")
-    assert config("--memory", "rde", "--mem-every", "5", "--top-k", "0").mem_every == 5
+    assert (config().name, config().memory.policy) == ("remn", "remn")
+    assert (config("--memory", "rde").name, config("--memory", "rde").memory.policy) == ("rde", "rde")
+    assert config("--memory", "rde", "--mem-every", "5", "--top-k", "0").memory.mem_every == 5
     frame_bank = config("--config", "rde", "--memory", "remn")  # the rde model with the frame bank
-    assert (frame_bank.model, frame_bank.memory) == ("rde", "remn")
-    with pytest.raises(ValueError, match=r"--memory rde needs a model .*--config remn"):
+    assert (frame_bank.model, frame_bank.memory.policy) == ("rde", "remn")
+    with pytest.raises(ValueError, match=r"memory='rde' needs a model .*model preset 'remn'"):
         config("--config", "remn", "--memory", "rde")
-    with pytest.raises(ValueError, match=r"--capacity, --gate-threshold: not used by --memory rde"):
+    with pytest.raises(ValueError, match=r"capacity, gate_threshold: not settings of memory='rde'"):
         config("--memory", "rde", "--capacity", "5", "--gate-threshold", "0.1")
 
 
@@ -222,5 +223,5 @@ def test_cli_mismatch_is_a_clear_error(video, tmp_path, capsys):
     code = main(["segment", str(video / "frames"), "--mask", str(video / "first.png"), "--output", str(tmp_path / "o"),
                  "--config", "remn", "--memory", "rde", "--device", "cpu"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("remn segment: error: --memory rde needs a model")
+    assert code == 2 and err.startswith("remn segment: error: memory='rde' needs a model with RDE's memory compressor")
     assert "Traceback" not in err and not (tmp_path / "o").exists()

@@ -112,14 +112,15 @@ def test_flags_map_onto_the_inference_config():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     config = config_from_args(parser.parse_args(["v", "--output", "o", "--config", "stcn", "--capacity", "50"]))
-    assert (config.name, config.model, config.update, config.mem_every, config.top_k, config.capacity) == (
-        "stcn", "stcn", "every", 5, 20, 50)
+    assert (config.name, config.model, config.memory.update, config.memory.mem_every, config.top_k,
+            config.memory.capacity) == ("stcn", "stcn", "every", 5, 20, 50)
     config = config_from_args(parser.parse_args([
         "v", "--output", "o", "--size", "0", "--change-threshold", "0.3", "--max-gap", "7", "--gate-threshold", "0.2",
-        "--capacity", "0", "--top-k", "0", "--amp", "bf16"]))
-    assert (config.name, config.size, config.change_threshold, config.max_gap, config.gate_threshold) == (
+        "--capacity", "0", "--top-k", "0", "--precision", "bf16"]))
+    bank = config.memory
+    assert (config.name, config.size, bank.change_threshold, bank.max_gap, bank.gate_threshold) == (
         "remn", None, 0.3, 7, 0.2)
-    assert config.capacity is None and config.top_k is None and config.amp == "bf16"
+    assert bank.capacity is None and config.top_k is None and config.precision == "bf16"
 
 
 def test_youtube_layout(tmp_path, capsys):

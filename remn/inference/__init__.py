@@ -1,19 +1,27 @@
-"""Inference: the per-frame `Segmenter` core, its memory and object managers, and the
-`remn segment` entry points (one video, DAVIS / YouTube-VOS datasets, torchrun sharding)."""
+"""Inference: the per-frame `Segmenter` core, its memory policies and object manager, and
+the `remn segment` entry points (one video, DAVIS / YouTube-VOS datasets, torchrun sharding)."""
 from remn.inference.config import PRESETS, InferenceConfig, resolve_inference_config
-from remn.inference.memory import FrameBankMemory, MemoryManager, MemoryStats, make_memory_manager
+from remn.inference.memory import (
+    MEMORY_POLICIES, FrameBankMemory, FrameBankSettings, GroupRead, MemoryManager, MemorySettings, MemoryStats,
+    RDEMemory, RDESettings, make_memory_manager, memory_settings,
+)
 from remn.inference.objects import ObjectGroup, ObjectManager
-from remn.inference.rde_memory import RDEMemory
 from remn.inference.segmenter import FrameResult, Segmenter, VideoReport
 
 __all__ = [
     "PRESETS",
     "InferenceConfig",
     "resolve_inference_config",
+    "MEMORY_POLICIES",
     "MemoryManager",
+    "MemorySettings",
+    "GroupRead",
     "FrameBankMemory",
+    "FrameBankSettings",
     "RDEMemory",
+    "RDESettings",
     "MemoryStats",
+    "memory_settings",
     "make_memory_manager",
     "ObjectGroup",
     "ObjectManager",

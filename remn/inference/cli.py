@@ -11,10 +11,12 @@ line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from remn.config import MEMORY_MODES, PRESETS as MODEL_PRESETS
 from remn.inference.config import PRESETS, resolve_inference_config
+from remn.inference.memory import MEMORY_POLICIES
+from remn.precision import PRECISIONS
 
 EXIT_BAD_INPUT = 2
 RANDOM_WEIGHTS_WARNING = (
@@ -48,11 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Triton kernels for the memory read and local attention on CUDA (default)")
     model.add_argument("--no-fused", dest="fused", action="store_false", help="the PyTorch reference ops")
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available; torchrun: cuda:LOCAL_RANK)")
-    model.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision on CUDA")
+    model.add_argument("--precision", choices=PRECISIONS,
+                       help="autocast on CUDA (default fp32; auto: bf16 where supported, else fp16)")
     model.add_argument("--size", type=int, help="shorter side frames are resized to (default 480; 0 keeps the input size)")
 
     memory = parser.add_argument_group("memory (defaults from the preset)")
-    memory.add_argument("--memory", choices=MEMORY_MODES,
+    memory.add_argument("--memory", choices=sorted(MEMORY_POLICIES),
                         help="remn: the gated frame bank; rde: RDE-VOS's recurrent embedding in three fixed slots "
                              "(needs an rde model; without --config it picks the rde preset)")
     memory.add_argument("--mem-every", type=int, help="memorise every N-th frame (switches to the fixed schedule)")
@@ -64,35 +67,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
-    """The InferenceConfig the flags describe."""
+    """The InferenceConfig the flags describe; the config and the memory policy's settings
+    validate them (a flag the chosen policy has no setting for raises ValueError)."""
     overrides = {}
     if args.size is not None:
         overrides["size"] = None if args.size == 0 else args.size
-    if args.amp is not None:
-        overrides["amp"] = args.amp
+    if args.precision is not None:
+        overrides["precision"] = args.precision
+    if args.top_k is not None:
+        overrides["top_k"] = None if args.top_k == 0 else args.top_k
+    preset = args.config or ("rde" if args.memory == "rde" else "remn")
+    if args.memory is not None:
+        overrides["memory"] = args.memory
+    policy = MEMORY_POLICIES[args.memory or PRESETS[preset].memory.policy].settings_type
     if args.mem_every is not None:
-        overrides.update(update="every", mem_every=args.mem_every)
+        overrides["mem_every"] = args.mem_every
+        if "update" in {f.name for f in dataclasses.fields(policy)}:  # the frame bank: the fixed schedule
+            overrides["update"] = "every"
     for flag in ("change_threshold", "max_gap", "gate_threshold"):
         if getattr(args, flag) is not None:
             overrides[flag] = getattr(args, flag)
     if args.capacity is not None:
         overrides["capacity"] = None if args.capacity == 0 else args.capacity
-    if args.top_k is not None:
-        overrides["top_k"] = None if args.top_k == 0 else args.top_k
-    preset = args.config or ("rde" if args.memory == "rde" else "remn")
-    if args.memory is not None and args.memory != PRESETS[preset].memory:
-        model = PRESETS[preset].model
-        if args.memory == "rde" and MODEL_PRESETS[model].memory != "rde":
-            raise ValueError(
-                f"--memory rde needs a model with RDE's memory compressor (mem_compress), but --config {preset} "
-                f"builds the {model!r} model without one; use --config rde, or leave --config out"
-            )
-        overrides["memory"] = args.memory
-    if (args.memory or PRESETS[preset].memory) == "rde":
-        given = [f"--{flag.replace('_', '-')}" for flag in ("change_threshold", "max_gap", "capacity", "gate_threshold")
-                 if getattr(args, flag) is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)}: not used by --memory rde (three fixed slots, nothing dropped)")
     return resolve_inference_config(preset, **overrides)
 
 
@@ -140,8 +136,8 @@ def _run(args) -> int:
         runner.check_jobs(jobs, context, args.overwrite)  # before any work, on every rank
         if context.is_main and args.weights is None:
             print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
-        if context.is_main and config.amp is not None and context.device.type != "cuda":
-            print(f"remn segment: --amp {config.amp} applies on CUDA only; running in float32 on {context.device}",
+        if context.is_main and config.precision != "fp32" and context.device.type != "cuda":
+            print(f"remn segment: --precision {config.precision} applies on CUDA only; running in float32 on {context.device}",
                   file=sys.stderr)
 
         def make_segmenter(device):

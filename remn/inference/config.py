@@ -9,6 +9,12 @@
   (index % 5 == 0) in memory, top-k 20, no gate, no local attention, soft probabilities
   of the aggregated prediction encoded into memory; the bank is unbounded like STCN's
   unless `capacity` sets a hard cap; model preset "stcn".
+- `rde`: RDE-VOS's "two frames + compress" inference (`remn.inference.memory.rde`): per
+  object group the annotated frame (read twice, as published), the recurrent embedding
+  and the last memorised frame in fixed slots, a frame memorised every 3 frames, top-k 40, no gate, no local
+  attention; model preset "rde". Fields of the frame bank (capacity, gate, adaptive
+  update) are not its settings: naming one raises ValueError.
+- `tiny`: the remn policy on the "tiny" model (tests, demo).
 
 Every preset shares the published conventions (tests/test_published_inference.py checks
 `stcn` and `rde` against the published loops written out): the memory encodes the
@@ -16,95 +22,53 @@ prediction over the whole padded frame, the band around a frame that is not a mu
 16 included (only the output is cropped); top-k reads exactly k keys per query, ties at
 the k-th logit taken in key order; RDE's compressor floors its pooling (the model's
 `ModelConfig.rde_pool_ceil_mode`).
-- `rde`: RDE-VOS's "two frames + compress" inference (`remn.inference.rde_memory`): per
-  object group the annotated frame (read twice, as published), the recurrent embedding
-  and the last memorised frame in fixed slots, a frame memorised every 3 frames, top-k 40, no gate, no local
-  attention; model preset "rde". Fields of the frame bank (capacity, gate, adaptive
-  update) must be left off: a config that sets them raises ValueError.
-- `tiny`: the remn policy on the "tiny" model (tests, demo).
 
+The memory policy's settings are its own dataclass (`FrameBankSettings`, `RDESettings`,
+`remn.inference.memory`), nested in `InferenceConfig.memory` and validated there, once.
 The command line maps its flags onto these fields (`remn.inference.cli`).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from remn.config import MEMORY_MODES, PRESETS as MODEL_PRESETS, resolve_preset
-
-UPDATE_POLICIES = ("adaptive", "every")
-AMP_DTYPES = (None, "bf16", "fp16")
+from remn.config import PRESETS as MODEL_PRESETS, check_fields
+from remn.inference.memory import MEMORY_POLICIES, FrameBankSettings, MemorySettings, RDESettings, memory_settings
+from remn.precision import check_precision
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
     name: str = "remn"
     model: str = "remn"  # model preset passed to remn.build_model
-    memory: str = "remn"  # memory manager: "remn" (frame bank, inference.memory) or "rde" (inference.rde_memory)
-    update: str = "adaptive"  # "adaptive": by mask change / max gap; "every": every `mem_every` frames
-    mem_every: int = 5  # "every": frames whose distance to the first annotated frame is a multiple (rde: since the last memorised frame)
-    change_threshold: float = 0.1  # "adaptive": memorise when max over objects of (1 − IoU) exceeds this
-    max_gap: int = 10  # "adaptive": memorise at the latest this many frames after the last memorised one
-    capacity: int | None = 20  # memory frames at most (None: unbounded, storage grows by doubling)
-    gate: bool = True  # keep gate scores per memory frame and drop by them (needs a model with a gate)
-    gate_threshold: float = 0.05  # drop a frame whose gate score EMA falls below this (0 disables)
-    gate_momentum: float = 0.9  # EMA: score ← momentum · score + (1 − momentum) · this frame's score
+    memory: MemorySettings = field(default_factory=FrameBankSettings)  # the memory policy and its settings
     top_k: int | None = 20  # keys each query reads from (None: all)
     local_attention: bool = True  # pass the previous frame and its probabilities to the model
     size: int | None = 480  # shorter side the frames are resized to (None: keep the input size)
-    amp: str | None = None  # "bf16" / "fp16": torch.autocast on CUDA (ignored on CPU)
+    precision: str = "fp32"  # remn.precision: "bf16" / "fp16" / "auto" autocast on CUDA (fp32 on the CPU)
 
     def __post_init__(self):
         if self.model not in MODEL_PRESETS:
             raise ValueError(f"InferenceConfig.model must be a model preset {sorted(MODEL_PRESETS)}, got {self.model!r}")
-        if self.memory not in MEMORY_MODES:
-            raise ValueError(f"InferenceConfig.memory must be one of {MEMORY_MODES}, got {self.memory!r}")
-        if self.update not in UPDATE_POLICIES:
-            raise ValueError(f"InferenceConfig.update must be one of {UPDATE_POLICIES}, got {self.update!r}")
-        if self.amp not in AMP_DTYPES:
-            raise ValueError(f"InferenceConfig.amp must be one of {AMP_DTYPES}, got {self.amp!r}")
-        if self.memory == "rde":
-            _check_rde(self)
-        _check_int("mem_every", self.mem_every, 1)
-        _check_int("max_gap", self.max_gap, 1)
-        if self.capacity is not None:
-            _check_int("capacity", self.capacity, 2)
+        if not isinstance(self.memory, MemorySettings):
+            raise TypeError(f"InferenceConfig.memory must be a policy's settings (MemorySettings), got {self.memory!r}")
+        model_memory = MODEL_PRESETS[self.model].memory
+        if self.memory.needs_compressor and model_memory != "rde":
+            raise ValueError(
+                f"memory={self.memory.policy!r} needs a model with RDE's memory compressor (mem_compress): "
+                f"model preset {self.model!r} is built with memory={model_memory!r}; use model='rde'"
+            )
+        check_precision(self.precision, "InferenceConfig.precision")
         if self.top_k is not None:
             _check_int("top_k", self.top_k, 1)
         if self.size is not None:
             _check_int("size", self.size, 16)
-        if not 0.0 <= self.change_threshold <= 1.0:
-            raise ValueError(f"InferenceConfig.change_threshold must lie in [0, 1], got {self.change_threshold}")
-        if not 0.0 <= self.gate_threshold < 1.0:
-            raise ValueError(f"InferenceConfig.gate_threshold must lie in [0, 1), got {self.gate_threshold}")
-        if not 0.0 <= self.gate_momentum < 1.0:
-            raise ValueError(f"InferenceConfig.gate_momentum must lie in [0, 1), got {self.gate_momentum}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _check_rde(config: InferenceConfig) -> None:
-    """memory="rde" keeps fixed slots per object group and drops nothing: it needs a
-    model with RDE's compressor, the fixed schedule, and none of the frame bank's bounds."""
-    model_memory = MODEL_PRESETS[config.model].memory
-    if model_memory != "rde":
-        raise ValueError(
-            f"InferenceConfig.memory='rde' needs a model with RDE's memory compressor (mem_compress): model "
-            f"preset {config.model!r} has memory={model_memory!r}; use model='rde'"
-        )
-    if config.update != "every":
-        raise ValueError(
-            f"InferenceConfig.memory='rde' memorises every `mem_every` frames: update must be 'every', "
-            f"not {config.update!r}"
-        )
-    if config.capacity is not None:
-        raise ValueError(
-            f"InferenceConfig.capacity does not apply to memory='rde' (fixed slots): set None, "
-            f"not {config.capacity}"
-        )
-    if config.gate:
-        raise ValueError("InferenceConfig.gate does not apply to memory='rde' (it drops no frame): set gate=False")
+        """Plain values; the memory settings carry their policy's name."""
+        values = dataclasses.asdict(self)
+        values["memory"] = {"policy": self.memory.policy, **values["memory"]}
+        return values
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -117,28 +81,43 @@ PRESETS: dict[str, InferenceConfig] = {
     "stcn": InferenceConfig(
         name="stcn",
         model="stcn",
-        update="every",
-        mem_every=5,
-        capacity=None,
-        gate=False,
+        memory=FrameBankSettings(update="every", mem_every=5, capacity=None, gate=False),
         top_k=20,
         local_attention=False,
     ),
-    "rde": InferenceConfig(
-        name="rde",
-        model="rde",
-        memory="rde",
-        update="every",
-        mem_every=3,
-        capacity=None,
-        gate=False,
-        top_k=40,
-        local_attention=False,
-    ),
+    "rde": InferenceConfig(name="rde", model="rde", memory=RDESettings(mem_every=3), top_k=40, local_attention=False),
     "tiny": InferenceConfig(name="tiny", model="tiny"),
 }
+MEMORY_FIELDS = frozenset(f.name for policy in MEMORY_POLICIES.values() for f in dataclasses.fields(policy.settings_type))
 
 
 def resolve_inference_config(config: str | InferenceConfig | dict = "remn", **overrides) -> InferenceConfig:
-    """A preset name, an InferenceConfig or a dict, with field overrides applied."""
-    return resolve_preset(config, InferenceConfig, PRESETS, "inference preset", **overrides)
+    """A preset name, an InferenceConfig or a dict (`to_dict`'s form), with overrides applied.
+
+    overrides: InferenceConfig fields, and the memory policy's settings by name: `memory`
+    may name another policy (its default settings; e.g. memory="rde"), and a field of the
+    policy's settings dataclass (e.g. capacity=6, change_threshold=0.0) replaces it there.
+    A field the chosen policy does not have raises ValueError naming it.
+    """
+    if isinstance(config, InferenceConfig):
+        base = config
+    elif isinstance(config, dict):
+        values = dict(config)
+        memory = values.pop("memory", None)
+        check_fields(InferenceConfig, values)
+        if isinstance(memory, dict):
+            memory = dict(memory)
+            memory = memory_settings(memory.pop("policy", "remn"), **memory)
+        base = InferenceConfig(**values, **({} if memory is None else {"memory": memory}))
+    elif isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown inference preset {config!r}; presets: {sorted(PRESETS)}")
+        base = PRESETS[config]
+    else:
+        raise TypeError(f"config must be a preset name, an InferenceConfig or a dict, got {type(config).__name__}")
+    memory_overrides = {k: overrides.pop(k) for k in list(overrides) if k in MEMORY_FIELDS}
+    memory = overrides.pop("memory", base.memory)
+    if memory_overrides or memory is not base.memory:
+        overrides["memory"] = memory_settings(memory, **memory_overrides)
+    check_fields(InferenceConfig, overrides)
+    return dataclasses.replace(base, **overrides)

@@ -1,15 +1,18 @@
 """The per-frame core: `Segmenter.step(frame, mask=None, object_ids=None)`.
 
-Per frame: resize to the working size (shorter side `config.size`), encode the key, read
-the memory for the objects tracked so far (the memory manager, with the previous frame and
-its probabilities for local attention), merge a given mask (it wins for the ids it
-annotates; the other objects keep their prediction outside it), let the memory manager
-decide whether the frame enters memory, and resize the probabilities back to the input
-size (bilinear) before the argmax. As in the published STCN and RDE-VOS inference, the
+Per frame (`_step`, in this order): resize to the working size (shorter side
+`config.size`) and encode the key; write the frame the memory policy chose last step into
+memory (encoded here with its probabilities; `remn.inference.memory`); read: one
+`model.segment` per object group on what the memory manager says the group reads, with
+the previous frame and its probabilities for local attention, the groups aggregated
+once; merge a given mask (it wins for the ids it annotates; the other objects keep their
+prediction outside it); let the memory policy decide whether this frame enters memory;
+resize the probabilities back to the input As in the published STCN and RDE-VOS inference, the
 probabilities carried to memory and to the next frame are those of the whole padded frame
 (a multiple of 16), the band the decoder predicted around the frame included; only the
 output is cropped to the frame. Everything runs under `torch.inference_mode()`, under
-`torch.autocast` when `config.amp` is set on CUDA; the same input gives the same output.
+`torch.autocast` when `config.precision` asks for it on CUDA; the same input gives the
+same output.
 
 On CUDA a step queues its work and returns without waiting for the GPU: the frame goes up
 through pinned memory, the memory manager reads its device-side decisions a frame later
@@ -32,9 +35,18 @@ from remn.inference.host import Decision, to_device
 from remn.inference.memory import make_memory_manager
 from remn.inference.objects import ObjectManager
 from remn.model.masks import probs_to_labels, soft_aggregate
-from remn.model.network import crop_padding
+from remn.model.network import FrameFeatures, crop_padding
+from remn.precision import autocast_dtype
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+@dataclass
+class _DecidedFrame:
+    """The last frame, with what memory needs should the policy have chosen it."""
+
+    index: int
+    features: FrameFeatures
+    object_probs: torch.Tensor  # [1, O, Hp, Wp] over the padded frame, band included
+    decision: Decision
 
 
 @dataclass
@@ -114,12 +126,13 @@ class Segmenter:
 
     def reset(self) -> None:
         self.objects = ObjectManager()
-        self.memory = make_memory_manager(self.model, self.config)
+        self.memory = make_memory_manager(self.model, self.config.memory)
         self.frame_index = -1
         self.seconds = 0.0  # host time in step(), plus the device's tail at each report()
         self._input_size: tuple[int, int] | None = None
         self._work_size: tuple[int, int] | None = None
         self._previous = None  # (FrameFeatures, object probs [1, O, Hp, Wp]) of the last frame
+        self._decided: _DecidedFrame | None = None  # the last frame, its memory decision not yet acted on
 
     # ------------------------------------------------------------------ inputs
     def _frame_tensor(self, frame) -> torch.Tensor:
@@ -162,9 +175,11 @@ class Segmenter:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
     def _autocast(self):
-        if self.config.amp is None or self.device.type != "cuda":
+        """Autocast as `config.precision` says, on CUDA only (the CPU runs fp32)."""
+        if self.device.type != "cuda":
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=AMP_DTYPES[self.config.amp])
+        dtype = autocast_dtype(self.config.precision, "cuda", torch.cuda.is_bf16_supported())
+        return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
 
     def _on_device(self):
         """The model's GPU as the current device: kernels, copies and events share its stream."""
@@ -207,8 +222,9 @@ class Segmenter:
         frame_index = self.frame_index
 
         features = self.model.encode_key(self._resize(image, self._work_size))
+        self._write_memory()
         if self.objects.num_objects:
-            probs = self.memory.segment(features, self._previous if self.config.local_attention else None)
+            probs = self._read(features)
         else:
             probs = image.new_ones(1, 1, *features.padded_size)  # background only
         # probs: [1, O+1, Hp, Wp] over the padded working frame
@@ -227,10 +243,41 @@ class Segmenter:
             )[0]  # [O+1, H, W]
         else:
             full = self._resize(crop_padding(probs, features.padding).float(), self._input_size)[0]  # [O+1, H, W]
-        decision = self.memory.observe(frame_index, features, probs, annotated=annotated)
+        decision = self.memory.decide(frame_index, features, probs, annotated=annotated)
+        self._decided = _DecidedFrame(frame_index, features, probs[:, 1:], decision)
         self._previous = (features, probs[:, 1:])
         labels = probs_to_labels(full, self.objects.ids_tensor(self.device))  # [H, W]
         return FrameResult(frame_index, labels, full, self.objects.ids, decision)
+
+    def _write_memory(self) -> None:
+        """Settle the memory, then write the last frame into it if the policy chose it.
+
+        Runs after this frame's key encoder is queued: on CUDA the host may wait here for
+        the previous frame's decision while the GPU works."""
+        decided, self._decided = self._decided, None
+        if decided is None:
+            return
+        self.memory.settle()
+        if decided.decision.get():
+            values = self.model.encode_value(decided.features, decided.object_probs)  # [1, O, Cv, h, w]
+            self.memory.write(decided.index, decided.features.key, values)
+
+    def _read(self, features: FrameFeatures) -> torch.Tensor:
+        """Each object group reads its memory; → aggregated probabilities [1, O+1, Hp, Wp]."""
+        previous = self._previous if self.config.local_attention else None
+        outputs = []
+        for read in self.memory.reads():
+            group_previous = None if previous is None else (previous[0], previous[1][:, read.group.channels])
+            outputs.append(self.model.segment(
+                features, read.keys, read.values, memory_bias=read.bias, previous=group_previous, top_k=self.config.top_k,
+            ))
+        self.memory.read_done(outputs)
+        if len(outputs) == 1:
+            return outputs[0].padded_probs  # [1, O+1, Hp, Wp]
+        # Each group aggregated its own objects; recover their probabilities (sigmoid of the
+        # logits is the clamped probability) and aggregate all objects together.
+        object_probs = torch.cat([torch.sigmoid(out.padded_logits[:, 1:]) for out in outputs], dim=1)  # [1, O, Hp, Wp]
+        return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, Hp, Wp]
 
     # ------------------------------------------------------------------ report
     def report(self, name: str = "") -> VideoReport:
@@ -241,7 +288,7 @@ class Segmenter:
             torch.cuda.synchronize(self.device)
             self.seconds += time.perf_counter() - started
         with torch.inference_mode(), self._on_device():  # a gate drop compacts the bank in place
-            self.memory.resolve_pending()
+            self.memory.settle()
         stats = self.memory.stats
         return VideoReport(
             name=name,

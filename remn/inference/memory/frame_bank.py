@@ -1,8 +1,4 @@
-"""The memory manager: what enters memory, what is read, and where memory is dropped.
-
-`MemoryManager` is the interface the per-frame core (`remn.inference.segmenter`) drives;
-`FrameBankMemory` (memory="remn") is defined here; `RDEMemory` (memory="rde", RDE-VOS's
-recurrent dynamic embedding, `remn.inference.rde_memory`) is the other one in `MEMORY_MANAGERS`.
+"""memory="remn": the gated dynamic frame bank, with adaptive (or every-N) update.
 
 FrameBankMemory's policy, all of it in this file:
 
@@ -16,22 +12,24 @@ FrameBankMemory's policy, all of it in this file:
     memorised frame, change = max over objects of (1 − IoU) > `change_threshold`
     (hard masks at the working resolution; an object absent from both counts IoU 1), or
     when `max_gap` frames have passed since the last memorised frame.
-  A chosen frame is encoded (`encode_value` with the soft probabilities of the aggregated
-  prediction over the padded frame, band included, as STCN does) when the next frame arrives, so the last frame of a video is
-  never encoded for nothing.
+  A chosen frame is encoded by the core (`encode_value` with the soft probabilities of
+  the aggregated prediction over the padded frame, band included, as STCN does) and
+  written when the next frame arrives, so the last frame of a video is never encoded for
+  nothing.
 - When the host learns the outcome. Nothing in a step waits for the GPU: the mask change
   and the gate scores stay on the device and are copied to the host without blocking
-  (`remn.inference.host`). They are read when the next frame's read begins
-  (`resolve_pending`), after that frame's key encoder is queued, so the GPU stays busy
-  while the host waits; the memory a frame reads is exactly what deciding at once gives.
+  (`remn.inference.host`). They are read when the next frame's step settles the memory
+  (`settle`), after that frame's key encoder is queued, so the GPU stays busy while the
+  host waits; the memory a frame reads is exactly what deciding at once gives.
 - What is read. Every object group reads the memory frames from its entry frame on (the
   bank keeps frames in time order and the entry frame is protected, so that is a suffix of
-  the bank, read as a view); the groups' per-object probabilities are then soft-aggregated
-  together. The model adds the gate's log scores to each frame's logits.
+  the bank, read as a view); the core soft-aggregates the groups' per-object
+  probabilities together. The model adds the gate's log scores to each frame's logits.
 - Where memory is dropped (`_drop_below_threshold`, `_make_room`):
   * each memory frame carries the EMA of its gate scores (sigmoid of
-    `SegmentOutput.gate_log_scores`, starting at its first score); after each read, frames
-    whose EMA is below `gate_threshold` are removed (gate=True and a model with a gate);
+    `SegmentOutput.gate_log_scores`, starting at its first score); when a read's scores
+    are settled, frames whose EMA is below `gate_threshold` are removed (gate=True and a
+    model with a gate);
   * when a frame must enter a full bank (`capacity` frames), the frame with the lowest
     EMA is removed, or the oldest without gate scores;
   * protected frames are never removed; a full bank of protected frames only is an error
@@ -43,64 +41,53 @@ FrameBankMemory's policy, all of it in this file:
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 
-from remn.inference.config import InferenceConfig
 from remn.inference.host import Decision, HostCopy, to_device
-from remn.inference.objects import ObjectGroup
-from remn.model.masks import soft_aggregate
-from remn.model.network import FrameFeatures, crop_padding
+from remn.inference.memory.base import GroupRead, MemoryManager, MemorySettings
+from remn.model.network import crop_padding
 
+UPDATE_POLICIES = ("adaptive", "every")
 UNBOUNDED_INITIAL_SLOTS = 16
 
 
-@dataclass
-class MemoryStats:
-    frames: int = 0  # frames in memory now
-    peak_frames: int = 0  # most frames in memory at any time
-    memorised: int = 0  # frames written into memory
-    skipped: int = 0  # frames the update policy left out
-    gate_dropped: int = 0  # frames removed because their gate score EMA fell below the threshold
-    evicted: int = 0  # frames removed to make room in a full bank
+@dataclass(frozen=True)
+class FrameBankSettings(MemorySettings):
+    """memory="remn": what enters the bank, how large it grows, when the gate drops."""
+
+    policy = "remn"
+
+    update: str = "adaptive"  # "adaptive": by mask change / max gap; "every": every `mem_every` frames
+    mem_every: int = 5  # "every": frames whose distance to the first annotated frame is a multiple
+    change_threshold: float = 0.1  # "adaptive": memorise when max over objects of (1 − IoU) exceeds this
+    max_gap: int = 10  # "adaptive": memorise at the latest this many frames after the last memorised one
+    capacity: int | None = 20  # memory frames at most (None: unbounded, storage grows by doubling)
+    gate: bool = True  # keep gate scores per memory frame and drop by them (needs a model with a gate)
+    gate_threshold: float = 0.05  # drop a frame whose gate score EMA falls below this (0 disables)
+    gate_momentum: float = 0.9  # EMA: score ← momentum · score + (1 − momentum) · this frame's score
+
+    def __post_init__(self):
+        if self.update not in UPDATE_POLICIES:
+            raise ValueError(f"FrameBankSettings.update must be one of {UPDATE_POLICIES}, got {self.update!r}")
+        check_int(self, "mem_every", 1)
+        check_int(self, "max_gap", 1)
+        if self.capacity is not None:
+            check_int(self, "capacity", 2)
+        if not 0.0 <= self.change_threshold <= 1.0:
+            raise ValueError(f"FrameBankSettings.change_threshold must lie in [0, 1], got {self.change_threshold}")
+        if not 0.0 <= self.gate_threshold < 1.0:
+            raise ValueError(f"FrameBankSettings.gate_threshold must lie in [0, 1), got {self.gate_threshold}")
+        if not 0.0 <= self.gate_momentum < 1.0:
+            raise ValueError(f"FrameBankSettings.gate_momentum must lie in [0, 1), got {self.gate_momentum}")
 
 
-class MemoryManager(ABC):
-    """What the per-frame core needs from a memory.
-
-    Per frame the core calls `segment` (unless no object is tracked yet), then
-    `add_group` for objects first annotated on this frame, then `observe` once;
-    `resolve_pending` settles the statistics at the end of a video.
-    """
-
-    def __init__(self, model, config: InferenceConfig):
-        self.model = model
-        self.config = config
-        self.stats = MemoryStats()
-
-    @abstractmethod
-    def add_group(self, group: ObjectGroup) -> None:
-        """Objects enter at `group.entry_frame`; its `observe` call carries their masks."""
-
-    @abstractmethod
-    def segment(
-        self, features: FrameFeatures, previous: tuple[FrameFeatures, torch.Tensor] | None
-    ) -> torch.Tensor:
-        """The query frame's aggregated probabilities [1, O+1, Hp, Wp] over the padded frame
-        (background first) for the O objects of the groups added so far; previous:
-        (features, object probabilities [1, O, Hp, Wp]) of the previous frame for the local
-        attention branch, or None."""
-
-    @abstractmethod
-    def observe(self, frame_index: int, features: FrameFeatures, probs: torch.Tensor, *, annotated: bool) -> Decision:
-        """The frame's final probabilities [1, O+1, Hp, Wp] over the padded frame (what a
-        memorised frame encodes, band included); annotated: the frame had a mask.
-        Returns whether the frame goes into memory (its `get()` may wait for the device)."""
-
-    def resolve_pending(self) -> None:
-        """Apply what the device decided about the last frame (its host copies are read)."""
+def check_int(settings, name: str, minimum: int) -> None:
+    """Raise ValueError unless `settings.name` is an int ≥ minimum (bools refused)."""
+    value = getattr(settings, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{type(settings).__name__}.{name} must be an int >= {minimum}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- storage
@@ -212,23 +199,23 @@ def mask_change(labels: torch.Tensor, reference: torch.Tensor, num_objects: int)
 
 @dataclass
 class _Pending:
-    features: FrameFeatures
-    object_probs: torch.Tensor  # [1, O, Hp, Wp], the padding band included
+    """The last decided frame, until its decision is settled."""
+
     frame: int
-    protected: bool
     decision: Decision  # whether the frame enters memory
     labels: torch.Tensor | None  # adaptive update: its channel labels [H, W], the next change's reference
-    resolved: bool = False  # decision read and applied to the policy state
 
 
 class FrameBankMemory(MemoryManager):
     """memory="remn": the gated dynamic frame bank with adaptive (or every-N) update."""
 
-    def __init__(self, model, config: InferenceConfig):
-        super().__init__(model, config)
-        self.bank = FrameBank(config.capacity)
-        self.groups: list[ObjectGroup] = []
+    settings_type = FrameBankSettings
+
+    def __init__(self, model, settings: FrameBankSettings):
+        super().__init__(model, settings)
+        self.bank = FrameBank(settings.capacity)
         self._pending: _Pending | None = None
+        self._chosen: int | None = None  # the settled frame that `write` may store next
         self._gate_scores: HostCopy | None = None  # the last read's gate scores [T], not applied yet
         self._entry_frames: set[int] = set()
         self._first_frame: int | None = None
@@ -236,107 +223,93 @@ class FrameBankMemory(MemoryManager):
         self._last_labels: torch.Tensor | None = None  # its channel labels [H, W]
 
     # ------------------------------------------------------------------ groups
-    def add_group(self, group: ObjectGroup) -> None:
-        if group.index != len(self.groups):
-            raise ValueError(f"object groups must be added in order: expected {len(self.groups)}, got {group.index}")
-        self.groups.append(group)
+    def add_group(self, group) -> None:
+        super().add_group(group)
         self.bank.add_group()
         self._entry_frames.add(group.entry_frame)
         if self._first_frame is None:
             self._first_frame = group.entry_frame
 
     # ------------------------------------------------------------------ read
-    def segment(self, features, previous):
-        self.resolve_pending()
-        self._commit()
-        if not self.groups or len(self.bank) == 0:
-            raise RuntimeError("the memory is empty: the first annotated frame must be observed before a read")
-        outputs = []
+    def reads(self) -> list[GroupRead]:
+        self._require_memory(len(self.bank) == 0)
+        reads = []
         for group in self.groups:
             start = self.bank.first_slot(group.entry_frame)
             keys, values = self.bank.read(group.index, start)  # [1, Ck, T, h, w], [1, O_g, Cv, T, h, w]
-            group_previous = None if previous is None else (previous[0], previous[1][:, group.channels])
-            outputs.append(
-                self.model.segment(features, keys, values, previous=group_previous, top_k=self.config.top_k)
-            )
+            reads.append(GroupRead(group, keys, values))
+        return reads
+
+    def read_done(self, outputs) -> None:
         if self._gated() and outputs[0].gate_log_scores is not None:  # group 0 entered first: it reads every slot
             self._gate_scores = HostCopy(outputs[0].gate_log_scores[0].float().exp())  # [T] in (0, 1]
-        if len(outputs) == 1:
-            return outputs[0].padded_probs  # [1, O+1, Hp, Wp]
-        # Each group aggregated its own objects; recover their probabilities (sigmoid of the
-        # logits is the clamped probability) and aggregate all objects together.
-        object_probs = torch.cat([torch.sigmoid(out.padded_logits[:, 1:]) for out in outputs], dim=1)  # [1, O, Hp, Wp]
-        return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, Hp, Wp]
 
     # ------------------------------------------------------------------ write
-    def observe(self, frame_index, features, probs, *, annotated):
+    def decide(self, frame_index, features, probs, *, annotated):
         if self._first_frame is None:
-            raise RuntimeError("observe before any object group was added")
-        self._resolve_decision()  # the previous frame's decision sets the reference for this one
+            raise RuntimeError("decide before any object group was added")
+        self._settle_decision()  # the previous frame's decision sets the reference for this one
+        settings = self.settings
         labels = None
-        if self.config.update == "adaptive":  # the change is measured on the frame, not the band
+        if settings.update == "adaptive":  # the change is measured on the frame, not the band
             labels = crop_padding(probs[0], features.padding).argmax(dim=0)  # [H, W] channel indices
         if annotated:
             decision = Decision(True)
-        elif self.config.update == "every":
-            decision = Decision((frame_index - self._first_frame) % self.config.mem_every == 0)
-        elif frame_index - self._last_frame >= self.config.max_gap:
+        elif settings.update == "every":
+            decision = Decision((frame_index - self._first_frame) % settings.mem_every == 0)
+        elif frame_index - self._last_frame >= settings.max_gap:
             decision = Decision(True)
         else:  # decided on the device; read a frame later
             change = mask_change(labels, self._last_labels, probs.shape[1] - 1)
-            decision = Decision(change > self.config.change_threshold)
-        self._pending = _Pending(features, probs[:, 1:], frame_index, frame_index in self._entry_frames,
-                                 decision, labels)
+            decision = Decision(change > settings.change_threshold)
+        self._pending = _Pending(frame_index, decision, labels)
         return decision
 
-    def resolve_pending(self) -> None:
-        """Apply the last read's gate scores, then the last observed frame's decision."""
+    def settle(self) -> None:
+        """Apply the last read's gate scores, then the last decided frame's decision."""
         if self._gate_scores is not None:
             scores, self._gate_scores = self._gate_scores.get().tolist(), None
             self._update_gate(scores)
-        self._resolve_decision()
+        self._settle_decision()
 
-    def _resolve_decision(self) -> None:
-        """Read the last observed frame's decision: skip it, or make it the newest memorised."""
-        pending = self._pending
-        if pending is None or pending.resolved:
-            return
-        pending.resolved = True
-        if not pending.decision.get():
-            self.stats.skipped += 1
-            self._pending = None
-            return
-        self._last_frame = pending.frame
-        if pending.labels is not None:
-            self._last_labels = pending.labels
-
-    def _commit(self) -> None:
-        """Encode the frame chosen last time and put it into the bank (after `resolve_pending`)."""
+    def _settle_decision(self) -> None:
+        """Read the last decided frame's decision: skip it, or make it the newest memorised."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        values = self.model.encode_value(pending.features, pending.object_probs)  # [1, O, Cv, h, w]
+        if not pending.decision.get():
+            self.stats.skipped += 1
+            return
+        self._chosen = self._last_frame = pending.frame
+        if pending.labels is not None:
+            self._last_labels = pending.labels
+
+    def write(self, frame_index, key, values) -> None:
+        """Put the chosen frame into the bank, making room first when it is full."""
+        if frame_index != self._chosen:
+            raise RuntimeError(f"frame {frame_index} was not chosen for memory (settle its decision first)")
+        self._chosen = None
         if self.bank.full:
             self._make_room()
-        group_values = [values[:, group.channels] for group in self.groups]
-        self.bank.append(pending.features.key, group_values, pending.frame, pending.protected)
+        group_values = [values[:, group.channels] for group in self.groups]  # [1, O_g, Cv, h, w] each
+        self.bank.append(key, group_values, frame_index, frame_index in self._entry_frames)
         self.stats.memorised += 1
         self._count()
 
     # ------------------------------------------------------------------ dropping
     def _gated(self) -> bool:
-        return self.config.gate and getattr(self.model, "gate", None) is not None
+        return self.settings.gate and getattr(self.model, "gate", None) is not None
 
     def _update_gate(self, scores: list[float]) -> None:
         """Fold one read's gate scores (one per used slot, in (0, 1]) into the EMAs; drop."""
-        momentum = self.config.gate_momentum
+        momentum = self.settings.gate_momentum
         for slot, score in enumerate(scores):
             old = self.bank.scores[slot]
             self.bank.scores[slot] = score if old is None else momentum * old + (1 - momentum) * score
         self._drop_below_threshold()
 
     def _drop_below_threshold(self) -> None:
-        threshold = self.config.gate_threshold
+        threshold = self.settings.gate_threshold
         doomed = [
             slot for slot, (score, protected) in enumerate(zip(self.bank.scores, self.bank.protected))
             if not protected and score is not None and score < threshold
@@ -362,19 +335,3 @@ class FrameBankMemory(MemoryManager):
     def _count(self) -> None:
         self.stats.frames = len(self.bank)
         self.stats.peak_frames = max(self.stats.peak_frames, self.stats.frames)
-
-
-# Imported here, below the interface it subclasses, so that importing either module first works.
-from remn.inference.rde_memory import RDEMemory  # noqa: E402
-
-MEMORY_MANAGERS: dict[str, type[MemoryManager]] = {"remn": FrameBankMemory, "rde": RDEMemory}
-
-
-def make_memory_manager(model, config: InferenceConfig) -> MemoryManager:
-    """The memory manager `config.memory` names."""
-    if config.memory not in MEMORY_MANAGERS:
-        raise NotImplementedError(
-            f"memory={config.memory!r} has no manager yet (available: {sorted(MEMORY_MANAGERS)}); "
-            "implement a MemoryManager subclass and register it in MEMORY_MANAGERS"
-        )
-    return MEMORY_MANAGERS[config.memory](model, config)

@@ -14,9 +14,9 @@ code, `inference_memory_bank.MemoryBank.add_memory` in compress mode with `use_g
 - What enters. Annotated frames always; otherwise a frame whose distance to the last
   memorised frame reaches `mem_every` (RDE's YouTube-VOS loop; with one annotation on the
   first frame this is RDE's DAVIS rule `t % mem_every == 0` counted from that frame). As
-  in FrameBankMemory, a chosen frame is encoded (`encode_value` with the soft
-  probabilities of the aggregated prediction) when the next frame arrives, so the last
-  frame of a video is never encoded for nothing.
+  in FrameBankMemory, the core encodes a chosen frame (`encode_value` with the soft
+  probabilities of the aggregated prediction, band included) and writes it when the next
+  frame arrives, so the last frame of a video is never encoded for nothing.
 - How a memorised frame F (key k_F, values v_F) is written, per object group:
     1. the group's first frame (its entry frame, the annotation that introduced it):
        annotated ← F, embedding ← F (the embedding starts from the annotated frame), and
@@ -38,7 +38,7 @@ code, `inference_memory_bank.MemoryBank.add_memory` in compress mode with `use_g
   so a single copy would not reproduce their numbers. The order matters where logits tie
   at the k-th place (top-k takes tied keys in key order): on a still stretch the last
   frame's keys equal the annotated frame's, with different values. The groups'
-  per-object probabilities are soft-aggregated together, as in FrameBankMemory.
+  per-object probabilities are soft-aggregated together by the core.
 - Nothing is dropped: the slots are overwritten in place.
 
 Object groups (objects first annotated on the same frame, `remn.inference.objects`) each
@@ -64,32 +64,36 @@ from dataclasses import dataclass
 
 import torch
 
-from remn.inference.config import InferenceConfig
 from remn.inference.host import Decision
-from remn.inference.memory import MemoryManager
-from remn.inference.objects import ObjectGroup
-from remn.model.masks import soft_aggregate
-from remn.model.network import FrameFeatures
+from remn.inference.memory.base import GroupRead, MemoryManager, MemorySettings
+from remn.inference.memory.frame_bank import check_int
 
 SLOTS = 4  # the published read order: embedding, last, annotated, annotated again
 EMBEDDING, LAST, ANNOTATED, ANNOTATED_AGAIN = range(SLOTS)
 ENTRY_SLOTS = 2  # read before the first memorised frame after the entry: the annotated frame twice
 
 
-@dataclass
-class _Pending:
-    features: FrameFeatures
-    object_probs: torch.Tensor  # [1, O, Hp, Wp], the padding band included
-    frame: int
+@dataclass(frozen=True)
+class RDESettings(MemorySettings):
+    """memory="rde": the fixed schedule; nothing else is a setting (fixed slots, no drops)."""
+
+    policy = "rde"
+    needs_compressor = True
+
+    mem_every: int = 3  # memorise a frame when this many frames passed since the last memorised one
+
+    def __post_init__(self):
+        check_int(self, "mem_every", 1)
 
 
 @dataclass
 class RDESlots:
     """One object group's memory: four preallocated slots, overwritten in place.
 
-    keys [1, Ck, 4, h, w], values [1, O_g, Cv, 4, h, w] along (embedding, last, annotated,
+    keys [B, Ck, 4, h, w], values [B, O_g, Cv, 4, h, w] along (embedding, last, annotated,
     annotated again); the last `used` of them are read (2, the annotated pair, until the
-    first memorised frame after the entry, then all 4).
+    first memorised frame after the entry, then all 4). B is 1 in the engine; training
+    clips use the same slots with their batch.
     """
 
     keys: torch.Tensor
@@ -99,13 +103,37 @@ class RDESlots:
     last_frame: int | None = None  # the frame in the last slot
     absorbed: int = 0  # frames compressed into the embedding since the entry
 
+    @classmethod
+    def enter(cls, key: torch.Tensor, values: torch.Tensor, frame: int) -> "RDESlots":
+        """A group entering on `frame`: key [B, Ck, h, w], values [B, O_g, Cv, h, w] fill the
+        annotated pair and start the embedding."""
+        keys = key.new_zeros(key.shape[0], key.shape[1], SLOTS, *key.shape[2:])  # [B, Ck, 4, h, w]
+        slot_values = values.new_zeros(*values.shape[:3], SLOTS, *values.shape[3:])  # [B, O_g, Cv, 4, h, w]
+        for slot in (ANNOTATED, ANNOTATED_AGAIN, EMBEDDING):  # the embedding starts from the annotated frame
+            keys[:, :, slot] = key
+            slot_values[:, :, :, slot] = values
+        return cls(keys, slot_values, entry_frame=frame)
+
+    def absorb(self, compressor, key: torch.Tensor, values: torch.Tensor, frame: int) -> None:
+        """A later memorised frame F (key [B, Ck, h, w], values [B, O_g, Cv, h, w]), in the
+        published order: embedding ← compressor(embedding, F), then last ← F."""
+        embedding_key = compressor.update_key(self.keys[:, :, EMBEDDING], key)  # [B, Ck, h, w]
+        embedding_values = compressor.update_value(self.values[:, :, :, EMBEDDING], values)  # [B, O_g, Cv, h, w]
+        self.keys[:, :, EMBEDDING] = embedding_key
+        self.values[:, :, :, EMBEDDING] = embedding_values
+        self.keys[:, :, LAST] = key
+        self.values[:, :, :, LAST] = values
+        self.used = SLOTS
+        self.last_frame = frame
+        self.absorbed += 1
+
     @property
     def frames(self) -> int:
         """Distinct frames held: the annotated one, then also the embedding and the last."""
         return 1 if self.used == ENTRY_SLOTS else 3
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views of the used slots: keys [1, Ck, T, h, w], values [1, O_g, Cv, T, h, w]."""
+        """Views of the used slots: keys [B, Ck, T, h, w], values [B, O_g, Cv, T, h, w]."""
         start = SLOTS - self.used
         return self.keys[:, :, start:], self.values[:, :, :, start:]
 
@@ -114,99 +142,57 @@ class RDEMemory(MemoryManager):
     """memory="rde": per object group, [embedding, last, annotated ×2] in four fixed slots;
     a memorised frame is compressed into the embedding and becomes the last frame.
 
-    model: a REMN built with memory="rde" (it has `mem_compress`); config: an
-    InferenceConfig with memory="rde" (update "every", `mem_every`, `top_k`).
+    model: a REMN built with memory="rde" (it has `mem_compress`); settings: RDESettings.
     """
 
-    def __init__(self, model, config: InferenceConfig):
+    settings_type = RDESettings
+
+    def __init__(self, model, settings: RDESettings):
         if getattr(model, "mem_compress", None) is None:
             built = getattr(getattr(model, "config", None), "memory", "unknown")
             raise ValueError(
                 "memory='rde' needs a model with RDE's memory compressor (mem_compress): build it with "
                 f"config='rde' or memory='rde'; this model was built with memory={built!r}"
             )
-        super().__init__(model, config)
-        self.groups: list[ObjectGroup] = []
+        super().__init__(model, settings)
         self.slots: list[RDESlots | None] = []  # per group, allocated when its entry frame is written
-        self._pending: _Pending | None = None
         self._last_frame: int | None = None  # last frame chosen for memory
 
     # ------------------------------------------------------------------ groups
-    def add_group(self, group: ObjectGroup) -> None:
-        if group.index != len(self.groups):
-            raise ValueError(f"object groups must be added in order: expected {len(self.groups)}, got {group.index}")
-        self.groups.append(group)
+    def add_group(self, group) -> None:
+        super().add_group(group)
         self.slots.append(None)
 
     # ------------------------------------------------------------------ read
-    def segment(self, features, previous):
-        self._commit()
-        if not self.groups or self.slots[0] is None:
-            raise RuntimeError("the memory is empty: the first annotated frame must be observed before a read")
-        outputs = []
-        for group, slots in zip(self.groups, self.slots):
-            keys, values = slots.read()  # [1, Ck, T, h, w], [1, O_g, Cv, T, h, w], T = 2 or 4
-            group_previous = None if previous is None else (previous[0], previous[1][:, group.channels])
-            outputs.append(
-                self.model.segment(features, keys, values, previous=group_previous, top_k=self.config.top_k)
-            )
-        if len(outputs) == 1:
-            return outputs[0].padded_probs  # [1, O+1, Hp, Wp]
-        # As in FrameBankMemory: recover each group's object probabilities (sigmoid of the
-        # logits) and aggregate all objects together.
-        object_probs = torch.cat([torch.sigmoid(out.padded_logits[:, 1:]) for out in outputs], dim=1)  # [1, O, Hp, Wp]
-        return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, Hp, Wp]
+    def reads(self) -> list[GroupRead]:
+        self._require_memory(not self.slots or self.slots[0] is None)
+        # [1, Ck, T, h, w], [1, O_g, Cv, T, h, w], T = 2 or 4
+        return [GroupRead(group, *slots.read()) for group, slots in zip(self.groups, self.slots)]
 
     # ------------------------------------------------------------------ write
-    def observe(self, frame_index, features, probs, *, annotated):
+    def decide(self, frame_index, features, probs, *, annotated):
         if not self.groups:
-            raise RuntimeError("observe before any object group was added")
-        chosen = annotated or frame_index - self._last_frame >= self.config.mem_every
+            raise RuntimeError("decide before any object group was added")
+        chosen = annotated or frame_index - self._last_frame >= self.settings.mem_every
         if not chosen:
             self.stats.skipped += 1
             return Decision(False)
         self._last_frame = frame_index
-        self._pending = _Pending(features, probs[:, 1:], frame_index)
         return Decision(True)  # decided on the host: the schedule needs no device value
 
-    def _commit(self) -> None:
-        """Encode the frame chosen last time and write it into every group's slots."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        key = pending.features.key  # [1, Ck, h, w]
-        values = self.model.encode_value(pending.features, pending.object_probs)  # [1, O, Cv, h, w]
-        compress = self.model.mem_compress
+    def write(self, frame_index, key, values) -> None:
+        """Write a memorised frame into every group's slots: a group's entry frame enters
+        it, a later frame is absorbed."""
+        if frame_index != self._last_frame:
+            raise RuntimeError(f"frame {frame_index} was not chosen for memory")
         for index, group in enumerate(self.groups):
             group_values = values[:, group.channels]  # [1, O_g, Cv, h, w]
-            slots = self.slots[index]
-            if slots is None:  # the group's entry frame: annotated ← F, embedding ← F
-                if group.entry_frame != pending.frame:
+            if self.slots[index] is None:
+                if group.entry_frame != frame_index:
                     raise RuntimeError(f"object group {index} was never written on its entry frame {group.entry_frame}")
-                self.slots[index] = self._allocate(key, group_values, pending.frame)
-                continue
-            # embedding ← mem_compress(embedding, F), then last ← F (the published order)
-            embedding_key = compress.update_key(slots.keys[:, :, EMBEDDING], key)  # [1, Ck, h, w]
-            embedding_values = compress.update_value(
-                slots.values[:, :, :, EMBEDDING], group_values
-            )  # [1, O_g, Cv, h, w]
-            slots.keys[:, :, EMBEDDING] = embedding_key
-            slots.values[:, :, :, EMBEDDING] = embedding_values
-            slots.keys[:, :, LAST] = key
-            slots.values[:, :, :, LAST] = group_values
-            slots.used = SLOTS
-            slots.last_frame = pending.frame
-            slots.absorbed += 1
+                self.slots[index] = RDESlots.enter(key, group_values, frame_index)
+            else:
+                self.slots[index].absorb(self.model.mem_compress, key, group_values, frame_index)
         self.stats.memorised += 1
         self.stats.frames = max(s.frames for s in self.slots if s is not None)
         self.stats.peak_frames = max(self.stats.peak_frames, self.stats.frames)
-
-    @staticmethod
-    def _allocate(key: torch.Tensor, values: torch.Tensor, frame: int) -> RDESlots:
-        """Three slots for a group entering on `frame`: key [1, Ck, h, w], values [1, O_g, Cv, h, w]."""
-        keys = key.new_zeros(key.shape[0], key.shape[1], SLOTS, *key.shape[2:])  # [1, Ck, 4, h, w]
-        slot_values = values.new_zeros(*values.shape[:3], SLOTS, *values.shape[3:])  # [1, O_g, Cv, 4, h, w]
-        for slot in (ANNOTATED, ANNOTATED_AGAIN, EMBEDDING):  # the embedding starts from the annotated frame
-            keys[:, :, slot] = key
-            slot_values[:, :, :, slot] = values
-        return RDESlots(keys, slot_values, entry_frame=frame)
