@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import remn
 from remn.checkpoint import load_weights, save_weights
-from remn.model import REMN, MemoryCompressor, rde_consistency_loss
+from remn.model import REMN, MemoryCompressor
 from remn.model.rde import non_local_aggregate
 
 from published_checkpoints import random_published_state
@@ -179,25 +179,7 @@ def test_model_config_chooses_the_pooling():
     assert model.mem_compress.value_encoder.non_local.g[1].ceil_mode is True
 
 
-# ------------------------------------------------------------ the loss
-def test_consistency_loss_is_kl_from_full_memory_to_embedding():
-    from_embedding = torch.randn(2, 3, 5, 4, requires_grad=True)
-    from_full = torch.randn(2, 3, 5, 4, requires_grad=True)
-    assert rde_consistency_loss(from_full, from_full).item() == 0.0
-    loss = rde_consistency_loss(from_embedding, from_full)
-    p_full = from_full.softmax(1)
-    expected = (p_full * (p_full.log() - from_embedding.log_softmax(1))).sum(1).mean()
-    torch.testing.assert_close(loss, expected)
-    assert loss.item() > 0
-    loss.backward()
-    assert from_embedding.grad.abs().sum() > 0 and from_full.grad is None  # the full-memory side is detached
-    rde_consistency_loss(from_embedding, from_full, detach_target=False).backward()
-    assert from_full.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="same shape"):
-        rde_consistency_loss(from_embedding, from_full[:, :2])
-
-
-# ------------------------------------------------------------ with the network
+# ------------------------------------------------------------ reading the embedding
 def test_tiny_rde_model_reads_from_a_compressed_embedding():
     model = remn.build_model(config="tiny", memory="rde", device="cpu")
     frames = torch.rand(1, 3, 3, 40, 56)
@@ -217,22 +199,3 @@ def test_tiny_rde_model_reads_from_a_compressed_embedding():
         out = model.segment(model.encode_key(frames[:, 2]), memory_key, memory_value)
     assert embedding_key.shape == first.key.shape and embedding_value.shape == (1, 2, 64, 3, 4)
     assert out.probs.shape == (1, 3, 40, 56)
-
-
-def test_rde_clip_training_reads_the_embedding_and_trains_the_compressor():
-    from remn.train.losses import ClipObjective, LossWeights
-
-    model = remn.build_model(config="tiny", memory="rde", gate=False, local_attention=False, device="cpu").train()
-    frames = torch.rand(2, 4, 3, 32, 48)
-    first_masks = torch.zeros(2, 2, 32, 48)
-    first_masks[:, 0, 4:14, 6:20] = 1
-    first_masks[:, 1, 18:28, 26:40] = 1
-    labels = torch.zeros(2, 4, 32, 48, dtype=torch.long)
-    output = model(frames, first_masks)
-    assert output.full_memory_logits.shape == (2, 2, 3, 32, 48)  # frames 2 and 3
-    objective = ClipObjective(model, LossWeights(ce=1.0, gate=0.0, rde_consistency=1.0))
-    loss, parts = objective(frames, first_masks, labels, torch.ones(2, 2, dtype=torch.bool))
-    assert parts["rde_consistency"] > 0
-    loss.backward()
-    assert model.mem_compress.compress_value.weight.grad.abs().sum() > 0
-    assert model.mem_compress.key_encoder.non_local.theta.weight.grad.abs().sum() > 0

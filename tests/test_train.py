@@ -70,7 +70,7 @@ def test_schedules():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(synthetic=0), "no training data"),
-    (dict(amp="fp8"), "amp"),
+    (dict(precision="fp8"), "precision"),
     (dict(ce_weight=0, gate_weight=0), "nothing to train"),
     (dict(num_frames=1), "num_frames"),
     (dict(model="huge"), "unknown config"),
@@ -323,10 +323,10 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
 
 def test_bf16_autocast_on_cpu_and_fp16_refused(tmp_path):
-    weights = train(small_config(tmp_path / "bf16", iterations=1, amp="bf16"))
+    weights = train(small_config(tmp_path / "bf16", iterations=1, precision="bf16"))
     assert checkpoint(weights)["iteration"] == 1
     with pytest.raises(ValueError, match="fp16"):
-        train(small_config(tmp_path / "fp16", iterations=1, amp="fp16"))
+        train(small_config(tmp_path / "fp16", iterations=1, precision="fp16"))
 
 
 def test_bad_data_is_reported(tmp_path, capsys):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from remn.config import PRESETS
+from remn.precision import autocast_dtype
 from remn.model import REMN
 from remn.train import TrainConfig, train
 from remn.train import augment, losses
@@ -23,7 +24,6 @@ from remn.train.trainer import (
     LEARNING_RECIPE,
     amp_dtype,
     build_training_model,
-    resolve_amp,
     set_training_mode,
     write_synthetic_data,
 )
@@ -69,7 +69,7 @@ def test_set_training_mode_puts_only_batchnorm_in_eval():
 
 
 def test_demo_recipe_trains_batchnorm_from_scratch():
-    assert LEARNING_RECIPE["freeze_batchnorm"] is False and LEARNING_RECIPE["amp"] == "off"
+    assert LEARNING_RECIPE["freeze_batchnorm"] is False and LEARNING_RECIPE["precision"] == "fp32"
     assert TrainConfig(output="x", synthetic=1).freeze_batchnorm is True  # the published default
 
 
@@ -119,15 +119,15 @@ def test_stcn_skip_curriculum_boundaries():
 # ----------------------------------------------------------------- mixed precision
 def test_amp_default_resolves_on_for_cuda_off_for_cpu():
     config = TrainConfig(output="x", synthetic=1)
-    assert config.amp == "auto"
-    assert resolve_amp(config.amp, "cuda", bf16_supported=True) == torch.bfloat16
-    assert resolve_amp(config.amp, "cuda", bf16_supported=False) == torch.float16  # the published fp16 + GradScaler
-    assert resolve_amp(config.amp, "cpu", bf16_supported=False) is None
+    assert config.precision == "auto"
+    assert autocast_dtype(config.precision, "cuda", bf16_supported=True) == torch.bfloat16
+    assert autocast_dtype(config.precision, "cuda", bf16_supported=False) == torch.float16  # the published fp16 + GradScaler
+    assert autocast_dtype(config.precision, "cpu", bf16_supported=False) is None
     assert amp_dtype(config, torch.device("cpu")) is None
-    assert resolve_amp("fp16", "cuda", True) == torch.float16 and resolve_amp("off", "cuda", True) is None
-    assert resolve_amp("bf16", "cpu", False) == torch.bfloat16
+    assert autocast_dtype("fp16", "cuda", True) == torch.float16 and autocast_dtype("fp32", "cuda", True) is None
+    assert autocast_dtype("bf16", "cpu", False) == torch.bfloat16
     with pytest.raises(ValueError, match="needs CUDA"):
-        resolve_amp("fp16", "cpu", False)
+        autocast_dtype("fp16", "cpu", False)
 
 
 # ----------------------------------------------------------------- static-image augmentation

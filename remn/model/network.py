@@ -92,7 +92,7 @@ class SegmentOutput:
     padded_probs: torch.Tensor  # [..., O+1, Hp, Wp] softmax of padded_logits over the object axis
     padding: tuple[int, int, int, int]  # (left, right, top, bottom) band around the frame
     gate_log_scores: torch.Tensor | None  # [B, T] log gate score of each memory frame, or None
-    full_memory_logits: torch.Tensor | None = None  # RDE clips: frames 2.. read from the full memory, cropped
+    keys: torch.Tensor | None = None  # clip passes (`REMN.forward`): every frame's key [B, T, Ck, h, w]
 
     @property
     def logits(self) -> torch.Tensor:
@@ -248,16 +248,13 @@ class REMN(nn.Module):
 
     # ------------------------------------------------------------ whole clips
     def forward(self, frames: torch.Tensor, first_masks: torch.Tensor, object_valid: torch.Tensor | None = None):
-        """Segment clips with every earlier frame in memory (the training recipe).
+        """Segment clips with every earlier frame in memory: STCN's training pass.
 
         frames [B, T, 3, H, W], first_masks [B, O, H, W] → SegmentOutput with logits and
-        probs [B, T−1, O+1, H, W] for frames 1..T−1 (frame 0 is given). Each predicted frame
-        enters memory with its soft probabilities.
-
-        With RDE's memory (`mem_compress`), frames from 2 on read [annotated, embedding,
-        last] as `remn.inference.RDEMemory` does (the embedding absorbs each memorised frame
-        through the compressor), and `full_memory_logits` [B, T−2, O+1, H, W] holds the same
-        frames read from the full memory, for RDE's consistency loss.
+        probs [B, T−1, O+1, H, W] for frames 1..T−1 (frame 0 is given), the gate's log
+        scores per frame and the keys of all T frames. Each predicted frame enters memory
+        with its soft probabilities over the padded frame, as inference encodes them. (RDE
+        models train with RDE-VOS's own pass, `remn.train.rde_recipe`.)
         """
         if not isinstance(frames, torch.Tensor) or frames.dim() != 5:
             raise ValueError(f"frames must be [B, T, 3, H, W], got {tuple(getattr(frames, 'shape', ()))}")
@@ -269,32 +266,23 @@ class REMN(nn.Module):
         keys = [features[0].key]
         values = [self.encode_value(features[0], first_masks)]
         object_probs = first_masks
-        embedding = (keys[0], values[0])  # RDE: ([B, Ck, h, w], [B, O, Cv, h, w]), from the annotated frame
-        outputs, full_memory_logits = [], []
+        outputs = []
         for t in range(1, num_frames):
             previous = (features[t - 1], object_probs)
-            full_read = self.segment(features[t], torch.stack(keys, dim=2), torch.stack(values, dim=3),
-                                     previous=previous, object_valid=object_valid)
-            output = full_read
-            if self.mem_compress is not None and t >= 2:
-                rde_keys = torch.stack([keys[0], embedding[0], keys[-1]], dim=2)  # [B, Ck, 3, h, w]
-                rde_values = torch.stack([values[0], embedding[1], values[-1]], dim=3)  # [B, O, Cv, 3, h, w]
-                output = self.segment(features[t], rde_keys, rde_values, previous=previous, object_valid=object_valid)
-                full_memory_logits.append(full_read.logits)
+            output = self.segment(features[t], torch.stack(keys, dim=2), torch.stack(values, dim=3),
+                                  previous=previous, object_valid=object_valid)
             outputs.append(output)
             object_probs = output.padded_probs[:, 1:]  # [B, O, Hp, Wp]: into memory band included, as inference does
             if t < num_frames - 1:
                 keys.append(features[t].key)
                 values.append(self.encode_value(features[t], object_probs))
-                if self.mem_compress is not None:
-                    embedding = self.mem_compress(embedding[0], embedding[1], keys[-1], values[-1])
         gate = [o.gate_log_scores for o in outputs]
         return SegmentOutput(
             torch.stack([o.padded_logits for o in outputs], dim=1),
             torch.stack([o.padded_probs for o in outputs], dim=1),
             features[0].padding,
             None if gate[0] is None else gate,
-            torch.stack(full_memory_logits, dim=1) if full_memory_logits else None,
+            all_features.key.view(batch, num_frames, *all_features.key.shape[1:]),  # [B, T, Ck, h, w]
         )
 
     @staticmethod

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from remn.config import ModelConfig, resolve_config
+from remn.precision import check_precision
 
-AMP_MODES = ("off", "auto", "bf16", "fp16")
 # (start as a fraction of the run, maximum frame gap from then on). STCN's train.py (stages 2
 # and 3) starts at 5 (`renew_vos_loader(5)`), then takes skip_values [10, 15, 20, 25, 5] at
 # increase_skip_fraction [0.1, 0.2, 0.3, 0.4, 0.9] of the epochs; RDE-VOS's train.py is the same.
@@ -132,10 +132,10 @@ class TrainConfig:
     lr_decay_at: tuple[float, ...] | None = None  # fractions of the run where lr is multiplied by lr_decay
     lr_decay: float = 0.1
     clip_grad: float | None = None  # max global gradient norm
-    # auto: bf16 autocast on CUDA (fp16 with a grad scaler where bf16 is not supported), fp32 on
-    # the CPU. Both papers autocast fp16 with a GradScaler unless --no_amp; bf16 needs no scaler
-    # and has fp32's range. amp="fp16" is the published setting exactly.
-    amp: str = "auto"  # off | auto | bf16 | fp16 (fp16 needs CUDA; bf16 also runs on the CPU)
+    # remn.precision. auto: bf16 autocast on CUDA (fp16 with a grad scaler where bf16 is not
+    # supported), fp32 on the CPU. Both papers autocast fp16 with a GradScaler unless --no_amp;
+    # bf16 needs no scaler and has fp32's range. precision="fp16" is the published setting exactly.
+    precision: str = "auto"  # fp32 | auto | bf16 | fp16 (fp16 needs CUDA; bf16 also runs on the CPU)
     # Both papers train with the network in eval() mode "to freeze BN parameters"
     # (model/model.py, `train()`): BatchNorm normalises with, and never updates, the running
     # statistics of the weights it starts from; its scale and shift still train.
@@ -191,8 +191,7 @@ class TrainConfig:
                              f"got {self.num_frames}")
         if self.synthetic < 0:
             raise ValueError(f"TrainConfig.synthetic must be >= 0, got {self.synthetic}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"TrainConfig.amp must be one of {AMP_MODES}, got {self.amp!r}")
+        check_precision(self.precision, "TrainConfig.precision")
         if not 0.0 <= self.geometric_jitter <= 2.0:
             raise ValueError(f"TrainConfig.geometric_jitter must be in [0, 2], got {self.geometric_jitter}")
         if not 0.0 < self.min_crop_area <= 1.0:

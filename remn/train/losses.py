@@ -1,7 +1,8 @@
 """Training losses and `ClipObjective`, the module a training step differentiates.
 
 Notation: a clip has T frames; frame 0's masks are given and frames 1..T−1 are predicted
-with every earlier frame in memory (`REMN.forward`). O object slots per clip, some of them
+by the model's training pass: every earlier frame in memory (`REMN.forward`, STCN's) or
+RDE-VOS's schedule (`remn.train.rde_recipe`). O object slots per clip, some of them
 padding (`object_valid` False). Labels are class indices per pixel: 0 background, k+1 the
 object in slot k, IGNORE_INDEX for void pixels.
 
@@ -245,9 +246,9 @@ class ClipObjective(nn.Module):
     The model's own `forward` segments the clip (so whatever memory it runs is what is
     trained), except for a model with RDE's memory compressor, which runs RDE-VOS's
     training pass (`remn.train.rde_recipe.rde_training_pass`; rde_embedding_reads False
-    on static images, where RDE-VOS reads the full memory only). The keys it computed are
-    captured from `model.key_proj` for the gate and contrastive terms. Wrap this module,
-    not the model, in DistributedDataParallel.
+    on static images, where RDE-VOS reads the full memory only). Both passes return the
+    keys they computed, for the gate and contrastive terms. Wrap this module, not the model,
+    in DistributedDataParallel.
     """
 
     def __init__(self, model: nn.Module, weights: LossWeights, rde_embedding_reads: bool = True):
@@ -265,32 +266,13 @@ class ClipObjective(nn.Module):
         """frames [B, T, 3, H, W], first_masks [B, O, H, W], labels int64 [B, T, H, W],
         object_valid bool [B, O], perturbed_first_masks [B, O, H, W] or None (RDE models: what
         the memory starts from) → (scalar loss, dict of detached scalar terms)."""
-        batch, frames_per_clip = frames.shape[:2]
-        captured: list[torch.Tensor] = []
-        needs_keys = (self.weights.gate > 0 and self.model.gate is not None) or self.weights.contrastive > 0
-        handle = None
-        if needs_keys:
-            handle = self.model.key_proj.register_forward_hook(lambda _m, _i, out: captured.append(out))
-        try:
-            if self.rde:
-                output = rde_training_pass(self.model, frames, first_masks, perturbed_first_masks, object_valid,
-                                           embedding_reads=self.rde_embedding_reads)
-            else:
-                output = self.model(frames, first_masks, object_valid)
-        finally:
-            if handle is not None:
-                handle.remove()
-        keys = None
-        if needs_keys:
-            if len(captured) != 1 or captured[0].shape[0] != batch * frames_per_clip:
-                raise RuntimeError(
-                    "ClipObjective expects the clip pass to project the keys of all B·T frames in one "
-                    f"key_proj call; saw {len(captured)} call(s) of shapes {[tuple(c.shape) for c in captured]}"
-                )
-            keys = captured[0].view(batch, frames_per_clip, *captured[0].shape[1:])  # [B, T, Ck, h, w]
-
+        if self.rde:
+            output = rde_training_pass(self.model, frames, first_masks, perturbed_first_masks, object_valid,
+                                       embedding_reads=self.rde_embedding_reads)
+        else:
+            output = self.model(frames, first_masks, object_valid)
         with torch.autocast(frames.device.type, enabled=False):  # the losses run in fp32
-            total, parts = self._losses(output, keys, first_masks, labels, hard_fraction)
+            total, parts = self._losses(output, output.keys, first_masks, labels, hard_fraction)  # keys [B, T, Ck, h, w]
         return total, {name: value.detach() for name, value in parts.items()}
 
     def _losses(self, output, keys, first_masks, labels, hard_fraction):

@@ -47,6 +47,7 @@ class RDEClipPass:
     logits: torch.Tensor  # [B, T−1, O+1, H, W] the trained predictions of frames 1..T−1
     first_values: tuple[torch.Tensor, torch.Tensor] | None  # frame 0's values from (perturbed, true) masks, [B, O, Cv, h, w]
     readouts: list[tuple[torch.Tensor, torch.Tensor]]  # per embedding read, decoder inputs (embedding, full) [B, O, 2Cv, h, w]
+    keys: torch.Tensor  # every frame's key [B, T, Ck, h, w]
 
 
 def embedding_frames(num_frames: int, embedding_reads: bool = True) -> tuple[int, ...]:
@@ -122,4 +123,5 @@ def rde_training_pass(
             values.append(model.encode_value(features[t], object_probs))
             if t < last_embedding_read:
                 embedding = model.mem_compress(embedding[0], embedding[1], keys[-1], values[-1])
-    return RDEClipPass(torch.stack(predictions, dim=1), first_values, readouts)
+    clip_keys = all_features.key.view(frames.shape[0], num_frames, *all_features.key.shape[1:])  # [B, T, Ck, h, w]
+    return RDEClipPass(torch.stack(predictions, dim=1), first_values, readouts, clip_keys)

@@ -35,10 +35,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from remn.checkpoint import load_imagenet_backbones, load_weights, save_weights
+from remn.precision import autocast_dtype
 from remn.model import REMN
 from remn.train import distributed
 from remn.train.clips import ClipBatchSampler, ClipDataset, build_clip_dataset
-from remn.train.config import AMP_MODES, TrainConfig
+from remn.train.config import TrainConfig
 from remn.train.losses import ClipObjective, LossWeights
 
 CHECKPOINT_NAME = "last.pt"
@@ -97,29 +98,11 @@ def set_training_mode(model: nn.Module, freeze_batchnorm: bool) -> nn.Module:
     return model
 
 
-def resolve_amp(mode: str, device_type: str, bf16_supported: bool) -> torch.dtype | None:
-    """The autocast dtype of an amp mode on a device type, or None for full precision.
-
-    auto: bf16 on CUDA where supported, else fp16 (with a grad scaler); full precision on
-    the CPU. fp16 needs CUDA (ValueError elsewhere); bf16 runs on the CPU too.
-    """
-    if mode not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {mode!r}")
-    if mode == "off":
-        return None
-    if device_type != "cuda":
-        if mode == "fp16":
-            raise ValueError("amp='fp16' needs CUDA; use amp='bf16' (or 'off') on the CPU")
-        return torch.bfloat16 if mode == "bf16" else None
-    if mode == "auto":
-        return torch.bfloat16 if bf16_supported else torch.float16
-    return torch.bfloat16 if mode == "bf16" else torch.float16
-
-
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `config.amp` on this device, or None for full precision."""
+    """The autocast dtype for `config.precision` on this device, or None for full precision
+    (`remn.precision.autocast_dtype`; fp16 gets a grad scaler)."""
     bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return resolve_amp(config.amp, device.type, bf16_supported)
+    return autocast_dtype(config.precision, device.type, bf16_supported)
 
 
 def capture_rng_state() -> dict:
@@ -430,21 +413,30 @@ class LearningCheck:
         return self.jf_model - self.jf_baseline
 
 
-@torch.no_grad()
-def segment_clip(model: REMN, frames: np.ndarray, first_ids: np.ndarray, object_ids) -> np.ndarray:
-    """Segment a clip with every earlier frame in memory (`REMN.forward`).
+def inference_config_for(model: REMN):
+    """The inference preset users would run this model with: the one named like its config
+    (tiny, remn, stcn, rde), else the remn (or, with RDE's compressor, rde) policy; frames
+    keep their size."""
+    from remn.inference import PRESETS, resolve_inference_config
+
+    name = model.config.name
+    if name not in PRESETS or PRESETS[name].model != name:
+        name = "rde" if model.config.memory == "rde" else "remn"
+    return resolve_inference_config(name, size=None)
+
+
+def segment_clip(model: REMN, frames: np.ndarray, first_ids: np.ndarray) -> np.ndarray:
+    """Segment a clip as `remn segment` does: `Segmenter` with `inference_config_for(model)`.
 
     frames uint8 [T, H, W, 3], first_ids uint8 [H, W] → predicted ids uint8 [T, H, W]
     (frame 0 is the given mask).
     """
-    device = next(model.parameters()).device
-    clip = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float()[None] / 255  # [1, T, 3, H, W]
-    ids = torch.tensor(list(object_ids), dtype=torch.long, device=device)  # [O]
-    first = (torch.from_numpy(first_ids).to(device).long()[None] == ids[:, None, None]).float()[None]  # [1, O, H, W]
-    output = model(clip, first)
-    lookup = torch.cat([ids.new_zeros(1), ids])  # class index → id
-    predicted = lookup[output.probs[0].argmax(dim=1)]  # [T−1, H, W]
-    return np.concatenate([first_ids[None], predicted.to(torch.uint8).cpu().numpy()])
+    from remn.inference import Segmenter
+
+    segmenter = Segmenter(model, inference_config_for(model))
+    first = np.where(first_ids == 255, 0, first_ids)  # DAVIS's void label is no object
+    labels = [segmenter.step(frame, first if t == 0 else None).labels for t, frame in enumerate(frames)]
+    return torch.stack(labels).to(torch.uint8).cpu().numpy()
 
 
 def heldout_clips(num_clips: int, *, seed: int, num_frames: int, size: tuple[int, int]) -> dict[str, tuple]:
@@ -462,8 +454,7 @@ def evaluate_against_copy(model: REMN, clips: dict[str, tuple]) -> tuple[dict, d
     truth = {name: ids for name, (_, ids) in clips.items()}
     predictions, copies = {}, {}
     for name, (frames, ids) in clips.items():
-        object_ids = [int(i) for i in np.unique(ids[0]) if i not in (0, 255)]
-        predictions[name] = segment_clip(model, frames, ids[0], object_ids)
+        predictions[name] = segment_clip(model, frames, ids[0])
         copies[name] = np.repeat(ids[:1], len(ids), axis=0)
 
     def scores(predicted):
@@ -480,13 +471,13 @@ def evaluate_against_copy(model: REMN, clips: dict[str, tuple]) -> tuple[dict, d
 # their initial mean 0 / variance 1 they would not normalise at all), a 100× larger learning
 # rate with warm-up and gradient clipping for a network that starts random, tiny crops, short
 # frame gaps for 10-frame synthetic videos, and a short run with an early hard-pixel schedule.
-# Full precision (amp="off") keeps its numbers the same on a machine with CUDA.
+# Full precision (precision="fp32") keeps its numbers the same on a machine with CUDA.
 LEARNING_RECIPE = dict(
     model="tiny", synthetic=48, synthetic_size=(48, 64), synthetic_frames=10, crop_size=(48, 64),
     min_crop_area=0.7, iterations=600, batch_size=8, lr=1.5e-3, lr_decay_at=(0.8,), warmup=20,
     skip_curriculum=((0.0, 2), (0.3, 4)), bootstrap_range=(0, 240), bootstrap_top_p=0.3,
     gate_weight=0.1, contrastive_weight=0.0, save_every=10_000, log_every=25, clip_grad=5.0, threads=1,
-    amp="off", freeze_batchnorm=False,
+    precision="fp32", freeze_batchnorm=False,
 )
 
 
@@ -496,7 +487,7 @@ def learning_check(output: str | Path, *, heldout: int = 16, heldout_seed: int =
 
     `LEARNING_RECIPE` is the default run (overrides replace its fields, e.g. iterations=300);
     held-out clips come from `heldout_seed`, disjoint from the training seeds. The model
-    segments each held-out clip with `REMN.forward` (every earlier frame in memory) and
+    segments each held-out clip with the `Segmenter` users run (`segment_clip`) and
     `remn.evaluate` scores it with the DAVIS protocol, as it does the copy-first-mask
     baseline.
     """
