@@ -5,8 +5,8 @@ A `VideoJob` is everything one video needs: its frames, which frames carry annot
 before the model is built (missing frames, unreadable or empty annotations, annotation
 sizes, output folders that already hold results), so bad input fails fast.
 
-Under `torchrun` (WORLD_SIZE > 1) rank r takes jobs r, r + world, ... on its own device
-(`cuda:LOCAL_RANK` with NCCL when CUDA is there, else the CPU with gloo); all ranks write
+Under `torchrun` (WORLD_SIZE > 1, `remn.distributed`) rank r takes jobs r, r + world, ... on
+its own device (`cuda:LOCAL_RANK` with NCCL when CUDA is there, else the CPU with gloo); all ranks write
 into the same output folder (one sub-folder per video, so they never collide) and rank 0
 gathers the per-video reports and prints the summary.
 """
@@ -21,11 +21,13 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from remn.data.davis import DavisDataset, merge_objects
 from remn.data.palette import VOID_ID, read_annotation
 from remn.data.youtube import YouTubeVOSDataset
+from remn.distributed import DistributedContext, init_distributed  # noqa: F401 (remn segment joins through runner)
 from remn.inference.host import HostCopy
 from remn.inference.pipeline import BackgroundWriter, Prefetcher
 from remn.inference.segmenter import Segmenter, VideoReport
@@ -249,53 +251,10 @@ def summarise(reports: list[VideoReport]) -> str:
 
 
 # ----------------------------------------------------------------------------- torchrun
-@dataclass
-class DistributedContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    initialised: bool = False  # this process called init_process_group (and must destroy it)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str | None = None) -> DistributedContext:
-    """Read torchrun's environment; with WORLD_SIZE > 1 join the process group.
-
-    device: None picks CUDA when available, else the CPU; under torchrun "cuda" becomes
-    cuda:LOCAL_RANK. The backend is NCCL on CUDA and gloo on the CPU.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    chosen = torch.device(device)
-    if chosen.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device} was asked for but CUDA is not available")
-        if chosen.index is None:
-            chosen = torch.device("cuda", local_rank if world_size > 1 else 0)
-        torch.cuda.set_device(chosen)
-    context = DistributedContext(rank, world_size, local_rank, chosen)
-    if world_size > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
-            context.initialised = True
-    return context
-
-
 def gather_reports(context: DistributedContext, reports: list[VideoReport]) -> list[VideoReport] | None:
     """All ranks' reports on rank 0 (in job order), None on the others; single process: as is."""
-    if context.world_size == 1:
+    if not context.distributed:
         return reports
-    import torch.distributed as dist
-
     gathered = [None] * context.world_size if context.is_main else None
     dist.gather_object([asdict(r) for r in reports], gathered, dst=0)
     if not context.is_main:
@@ -318,9 +277,7 @@ def check_jobs(jobs: list[VideoJob], context: DistributedContext, overwrite: boo
             job.check(overwrite)
     except (ValueError, OSError) as err:
         error = str(err)
-    if context.world_size > 1:
-        import torch.distributed as dist
-
+    if context.distributed:
         errors = [None] * context.world_size
         dist.all_gather_object(errors, error)
         error = next((e for e in errors if e is not None), None)
