@@ -1,4 +1,4 @@
-"""Image I/O for VOS data: annotation PNGs (ids + palette) and RGB frames.
+"""Image I/O for VOS data: annotation PNGs (ids + palette), RGB frames, and listing them.
 
 An annotation is a uint8 id map [H, W]: 0 is background, 1..254 are objects and 255 is
 void (DAVIS marks uncertain pixels with it). On disk it is an indexed ("P" mode) PNG whose
@@ -17,6 +17,31 @@ from PIL import Image
 from remn.data.atomic import atomic_path
 
 VOID_ID = 255
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")  # what a frame or image file may end in, any case
+ANNOTATION_SUFFIXES = (".png",)
+
+
+def list_images(folder: str | os.PathLike, suffixes: tuple[str, ...] = FRAME_SUFFIXES) -> list[Path]:
+    """The files of `folder` ending in one of `suffixes` (any case), in name order.
+
+    Hidden files and sub-folders are skipped; a folder that does not exist holds none (the
+    caller says what was expected there). Two files with the same stem (00000.jpg and
+    00000.png) raise ValueError: a frame or mask is found by its stem.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as entries:
+        names = sorted(entry.name for entry in entries
+                       if not entry.name.startswith(".") and entry.name.lower().endswith(suffixes)
+                       and entry.is_file())
+    by_stem: dict[str, str] = {}
+    for name in names:
+        stem = Path(name).stem
+        if stem in by_stem:
+            raise ValueError(f"{folder} holds two files with the stem {stem!r}: {by_stem[stem]}, {name}; keep one")
+        by_stem[stem] = name
+    return [folder / name for name in names]
 
 
 def _voc_palette() -> np.ndarray:

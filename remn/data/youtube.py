@@ -13,64 +13,46 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
 from PIL import Image
 
 from remn.data.atomic import atomic_path
-from remn.data.collection import SequenceCollection
-from remn.data.palette import VOID_ID, read_annotation, read_frame
+from remn.data.palette import ANNOTATION_SUFFIXES, FRAME_SUFFIXES, VOID_ID, list_images
+from remn.data.sequence import FileSequence, ObjectStart, SequenceCollection
 
 
-@dataclass(frozen=True)
-class ObjectStart:
-    """Objects that first appear in one frame: ids and the annotation holding their masks."""
+class YouTubeSequence(FileSequence):
+    """One video: frames in order and where each object starts (`starts`, ordered by frame).
 
-    frame_index: int
-    frame_name: str
-    object_ids: tuple[int, ...]
-    annotation_path: Path
+    objects: object id → the frame names meta.json lists for it; each object's masks come
+    from the annotation of the first of them, which must be a frame with an annotation PNG.
+    Frames before the first start have no object yet.
+    """
 
-    def load_mask(self) -> np.ndarray:
-        """The annotation with only these objects kept: ids uint8 [H, W], others set to 0."""
-        ids, _ = read_annotation(self.annotation_path)
-        return np.where(np.isin(ids, self.object_ids), ids, 0).astype(np.uint8)
-
-
-@dataclass(frozen=True)
-class YouTubeSequence:
-    """One video: frames in order and where each object starts."""
-
-    name: str
-    frame_names: tuple[str, ...]
-    frame_paths: tuple[Path, ...]
-    starts: tuple[ObjectStart, ...]  # ordered by frame
-    object_frames: dict  # object id → frame names the meta file lists for it
-
-    def __len__(self) -> int:
-        return len(self.frame_paths)
-
-    @property
-    def object_ids(self) -> tuple[int, ...]:
-        return tuple(sorted(self.object_frames))
-
-    def start_at(self, frame_index: int) -> ObjectStart | None:
-        """The objects that first appear in frame `frame_index`, or None."""
-        for start in self.starts:
-            if start.frame_index == frame_index:
-                return start
-        return None
-
-    def frame(self, index: int) -> np.ndarray:
-        """Frame `index` as RGB uint8 [H, W, 3]."""
-        return read_frame(self.frame_paths[index])
-
-    def frames(self) -> Iterator[np.ndarray]:
-        for index in range(len(self)):
-            yield self.frame(index)
+    def __init__(self, name: str, frame_paths, annotation_paths, objects: dict[int, tuple[str, ...]],
+                 meta_path: Path):
+        frame_paths = tuple(Path(p) for p in frame_paths)
+        annotation_paths = tuple(None if p is None else Path(p) for p in annotation_paths)
+        if not frame_paths:
+            raise ValueError(f"video {name} has no frames")
+        position = {p.stem: i for i, p in enumerate(frame_paths)}
+        by_frame: dict[str, list[int]] = {}
+        for obj_id, frames in objects.items():
+            by_frame.setdefault(frames[0], []).append(obj_id)
+        starts = []
+        for frame_name, ids in sorted(by_frame.items()):
+            if frame_name not in position:
+                raise ValueError(f"video {name}: objects {sorted(ids)} start at frame {frame_name}, "
+                                 f"which is not in {frame_paths[0].parent}")
+            annotation = annotation_paths[position[frame_name]]
+            if annotation is None:
+                missing = meta_path.parent / "Annotations" / name / f"{frame_name}.png"
+                raise FileNotFoundError(
+                    f"video {name}: objects {sorted(ids)} start at {frame_name} but {missing} is missing"
+                )
+            starts.append(ObjectStart(position[frame_name], frame_name, tuple(sorted(ids)), annotation))
+        super().__init__(name, frame_paths, annotation_paths, starts)
 
 
 def _parse_objects(name: str, video: dict, meta_path: Path) -> dict[int, tuple[str, ...]]:
@@ -114,31 +96,16 @@ class YouTubeVOSDataset(SequenceCollection[YouTubeSequence]):
     @staticmethod
     def _scan(base: Path, name: str, video: dict, meta_path: Path) -> YouTubeSequence:
         frame_dir = base / "JPEGImages" / name
-        frame_paths = sorted(frame_dir.glob("*.jpg")) if frame_dir.is_dir() else []
+        frame_paths = list_images(frame_dir)
         if not frame_paths:
-            raise FileNotFoundError(f"video {name} is in {meta_path.name} but {frame_dir} has no JPEG frames")
-        frame_names = tuple(p.stem for p in frame_paths)
-        position = {stem: i for i, stem in enumerate(frame_names)}
+            raise FileNotFoundError(f"video {name} is in {meta_path.name} but {frame_dir} has no JPEG frames "
+                                    f"(nor any other {'/'.join(FRAME_SUFFIXES)} image)")
         objects = _parse_objects(name, video, meta_path)
-        by_frame: dict[str, list[int]] = {}
-        for obj_id, frames in objects.items():
-            by_frame.setdefault(frames[0], []).append(obj_id)
-        starts = []
-        for frame_name, ids in sorted(by_frame.items()):
-            if frame_name not in position:
-                raise ValueError(
-                    f"video {name}: objects {sorted(ids)} start at frame {frame_name}, "
-                    f"which is not in {frame_dir}"
-                )
-            annotation = base / "Annotations" / name / f"{frame_name}.png"
-            if not annotation.is_file():
-                raise FileNotFoundError(
-                    f"video {name}: objects {sorted(ids)} start at {frame_name} but {annotation} is missing"
-                )
-            starts.append(ObjectStart(position[frame_name], frame_name, tuple(sorted(ids)), annotation))
-        return YouTubeSequence(name, frame_names, tuple(frame_paths), tuple(starts), objects)
+        annotations = {p.stem: p for p in list_images(base / "Annotations" / name, ANNOTATION_SUFFIXES)}
+        annotation_paths = [annotations.get(p.stem) for p in frame_paths]
+        return YouTubeSequence(name, frame_paths, annotation_paths, objects, meta_path)
 
-    def _describe(self) -> str:
+    def describe(self) -> str:
         return f"YouTube-VOS {self.split}"
 
 

@@ -1,18 +1,21 @@
-"""Evaluate a results folder against a DAVIS dataset on disk, as the official toolkit does.
+"""Evaluate a results folder against a dataset's ground truth, as the official DAVIS toolkit does.
 
-Results layout: RESULTS/SEQ/00000.png, indexed PNGs whose ids are the object ids of the
+Results layout: RESULTS/SEQ/FRAME.png, indexed PNGs whose ids are the object ids of the
 first-frame annotation. Only the evaluated frames (all but the first and the last) are
-read. Writes, on request, the toolkit's ``global_results-SPLIT.csv`` and
+read; the ground truth comes through the `remn.data.Sequence` interface (every frame
+annotated). Writes, on request, the toolkit's ``global_results-SPLIT.csv`` and
 ``per-sequence_results-SPLIT.csv``.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
-from remn.data.davis import DavisDataset, DavisSequence
+from remn.data.davis import DavisDataset
 from remn.data.palette import read_annotation
+from remn.data.sequence import Sequence
 from remn.evaluate.protocol import check_task, prepare_ground_truth, run_jobs, score_frames, summarise
 from remn.evaluate.table import ResultsTable, write_text_atomic
 
@@ -25,16 +28,16 @@ def sequence_csv_name(split: str) -> str:
     return f"per-sequence_results-{split}.csv"
 
 
-def _result_paths(results_dir: Path, sequence: DavisSequence) -> list[Path]:
+def _result_paths(results_dir: Path, sequence: Sequence) -> list[Path]:
     """Result files the protocol reads for one sequence: frames 1..T-2."""
     return [results_dir / sequence.name / f"{stem}.png" for stem in sequence.frame_names[1:-1]]
 
 
-def find_missing_results(results_dir, dataset: DavisDataset) -> list[str]:
+def find_missing_results(results_dir, sequences: Iterable[Sequence]) -> list[str]:
     """Missing sequence folders ("SEQ/") and result frames ("SEQ/00003.png"), in order."""
     results_dir = Path(results_dir)
     missing = []
-    for sequence in dataset:
+    for sequence in sequences:
         if not (results_dir / sequence.name).is_dir():
             missing.append(f"{sequence.name}/")
             continue

@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from remn.data.davis import merge_objects
+from remn.data.sequence import merge_objects
 from remn.data.palette import VOID_ID
 from remn.evaluate.metrics import CHUNK_PIXELS, boundary_radius, mask_scores, mean_recall_decay
 from remn.evaluate.table import GLOBAL_COLUMNS, SEQUENCE_COLUMNS, ResultsTable

@@ -1,14 +1,14 @@
 """Running the Segmenter over one video or a dataset, on one device or sharded under torchrun.
 
-A `VideoJob` is everything one video needs: its frames, which frames carry annotations
-(and which ids each one introduces), where the results go. Jobs are planned and checked
-before the model is built (missing frames, unreadable or empty annotations, annotation
-sizes, output folders that already hold results), so bad input fails fast.
+A `VideoJob` is one `remn.data.Sequence` (its frames, and the annotations that start its
+objects) and where its results go. Jobs are planned and checked before the model is built
+(the readers check their layout; `VideoJob.check` that the first annotation is readable,
+non-empty and the frames' size, and that the output folder holds no results), so bad input
+fails fast.
 
 Under `torchrun` (WORLD_SIZE > 1, `remn.distributed`) rank r takes jobs r, r + world, ... on
-its own device (`cuda:LOCAL_RANK` with NCCL when CUDA is there, else the CPU with gloo); all ranks write
-into the same output folder (one sub-folder per video, so they never collide) and rank 0
-gathers the per-video reports and prints the summary.
+its own device; all ranks write into the same output folder (one sub-folder per video, so
+they never collide) and rank 0 gathers the per-video reports and prints the summary.
 """
 from __future__ import annotations
 
@@ -17,97 +17,55 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from remn.data.davis import DavisDataset, merge_objects
-from remn.data.palette import VOID_ID, read_annotation
+from remn.data.davis import DavisDataset
+from remn.data.sequence import Sequence, SequenceCollection
+from remn.data.video import open_video
 from remn.data.youtube import YouTubeVOSDataset
-from remn.distributed import DistributedContext, init_distributed  # noqa: F401 (remn segment joins through runner)
+from remn.distributed import DistributedContext, init_distributed  # noqa: F401 (remn.inference.cli calls it here)
 from remn.inference.host import HostCopy
 from remn.inference.pipeline import BackgroundWriter, Prefetcher
 from remn.inference.segmenter import Segmenter, VideoReport
-from remn.inference.video import (
-    OVERLAY_FOLDER,
-    FolderFrames,
-    FrameSource,
-    check_output,
-    existing_results,
-    open_frames,
-    write_labels,
-    write_overlay,
-)
+from remn.inference.video import OVERLAY_FOLDER, check_output, existing_results, write_labels, write_overlay
 
 PREFETCH_FRAMES = 4  # frames decoded ahead of the model
 WRITER_THREADS = min(4, os.cpu_count() or 1)  # threads encoding result PNGs and overlays
 
 
-@dataclass(frozen=True)
-class AnnotationSpec:
-    """An annotation file to give on one frame: its path, the ids it introduces (None: the
-    ids in it), and whether to merge all objects into id 1 (DAVIS 2016)."""
-
-    path: Path
-    ids: tuple[int, ...] | None = None
-    merge: bool = False
-
-    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(ids uint8 [H, W] with void and unlisted ids set to 0, palette or None)."""
-        try:
-            labels, palette = read_annotation(self.path)
-        except FileNotFoundError:
-            raise
-        except OSError as err:
-            raise ValueError(f"cannot read annotation {self.path}: {err}") from err
-        if self.merge:
-            labels = merge_objects(labels)
-        labels = np.where(labels == VOID_ID, 0, labels)  # void is "don't care", not an object
-        if self.ids is not None:
-            labels = np.where(np.isin(labels, self.ids), labels, 0)
-        return labels.astype(np.uint8), palette
-
-
 @dataclass
 class VideoJob:
-    name: str
-    source: FrameSource
-    annotations: dict[str, AnnotationSpec]  # frame name → annotation given on that frame
+    sequence: Sequence
     output: Path  # folder for NAME.png per frame
     overlay_output: Path | None = None  # folder for overlay JPEGs, or None
-    first_frame_annotated: bool = True  # False (YouTube-VOS): frames before the first annotation get empty masks
-    palette: np.ndarray | None = field(default=None, repr=False)
+    palette: np.ndarray | None = field(default=None, repr=False)  # the results' colours, set by `check`
+
+    @property
+    def name(self) -> str:
+        return self.sequence.name
 
     def check(self, overwrite: bool) -> None:
-        """Everything that can be checked before segmenting: the first annotation exists,
-        is readable, non-empty and the frames' size; the output folder is free."""
-        if not self.annotations:
-            raise ValueError(f"{self.name}: no annotation to start from")
-        names = getattr(self.source, "names", None)
-        if names is not None:
-            unknown = sorted(set(self.annotations) - set(names))
-            if unknown:
-                raise ValueError(f"{self.name}: annotations {unknown[:5]} name no frame of the video")
-            first = next(n for n in names if n in self.annotations)
-            if self.first_frame_annotated and first != names[0]:
-                raise ValueError(f"{self.name}: the first frame {names[0]} has no annotation")
-        else:
-            first = min(self.annotations)
-        spec = self.annotations[first]
-        labels, self.palette = spec.load()
-        if labels.shape != tuple(self.source.size):
+        """Everything that can be checked before segmenting: the first annotation is readable,
+        non-empty and the frames' size; the output folder is free."""
+        sequence, start = self.sequence, self.sequence.starts[0]
+        labels = start.load_mask()
+        if labels.shape != tuple(sequence.size):
             raise ValueError(
-                f"{self.name}: annotation {spec.path} is {labels.shape[0]}x{labels.shape[1]} but the frames are "
-                f"{self.source.size[0]}x{self.source.size[1]} (HxW)"
+                f"{self.name}: annotation {start.annotation_path} is {labels.shape[0]}x{labels.shape[1]} but the "
+                f"frames are {sequence.size[0]}x{sequence.size[1]} (HxW)"
             )
         if not labels.any():
-            raise ValueError(f"{self.name}: annotation {spec.path} is empty (no object pixel)")
+            raise ValueError(f"{self.name}: annotation {start.annotation_path} is empty (no object pixel)")
+        self.palette = sequence.palette
         check_output(self.output, overwrite)
-        if names is not None:
-            stale = [p.name for p in existing_results(self.output) if p.stem not in set(names)]
+        if sequence.frame_names is not None:
+            names = set(sequence.frame_names)
+            stale = [p.name for p in existing_results(self.output) if p.stem not in names]
             if stale:  # never deleted: they may be the user's; an evaluation would still read them
                 print(f"remn segment: warning: {self.output} holds {len(stale)} PNGs that name no frame of "
                       f"{self.name} and stay as they are (e.g. {stale[0]})", file=sys.stderr)
@@ -119,59 +77,30 @@ def single_video_job(frames: str | os.PathLike, mask: str | os.PathLike, output:
     """One video: a frame folder or a video file; `mask` the first frame's annotation PNG, or
     a folder of annotation PNGs named like the frames, for objects that first appear on later
     frames (from a later annotation only the ids not tracked yet are taken)."""
-    source = open_frames(frames)
-    mask = Path(mask)
     output = Path(output)
-    if mask.is_dir():
-        annotations = {p.stem: AnnotationSpec(p) for p in sorted(mask.glob("*.png"))}
-        if not annotations:
-            raise FileNotFoundError(f"annotation folder {mask} holds no PNG")
-    elif mask.is_file():
-        first = source.names[0] if isinstance(source, FolderFrames) else "00000"
-        annotations = {first: AnnotationSpec(mask)}
-    else:
-        raise FileNotFoundError(f"annotation {mask} does not exist")
-    name = Path(frames).stem if Path(frames).is_file() else Path(frames).name
-    return VideoJob(name, source, annotations, output, output / OVERLAY_FOLDER if overlay else None)
+    return VideoJob(open_video(frames, mask), output, output / OVERLAY_FOLDER if overlay else None)
 
 
-def _select(names: list[str], sequences: list[str] | None, what: str) -> list[str]:
-    if not sequences:
-        return names
-    unknown = [s for s in sequences if s not in names]
-    if unknown:
-        raise ValueError(f"{what} has no sequences {unknown}")
-    return [n for n in names if n in set(sequences)]
+def sequence_jobs(dataset: SequenceCollection, output, sequences: list[str] | None = None,
+                  overlay: bool = False) -> list[VideoJob]:
+    """A dataset split (or the named `sequences` of it): OUTPUT/SEQ/FRAME.png per sequence."""
+    output = Path(output)
+    return [VideoJob(seq, output / seq.name, output / OVERLAY_FOLDER / seq.name if overlay else None)
+            for seq in dataset.select(sequences)]
 
 
 def davis_jobs(root, split: str, year: int, output, sequences: list[str] | None = None,
                overlay: bool = False) -> list[VideoJob]:
     """DAVIS: OUTPUT/SEQ/FRAME.png per sequence (what the DAVIS evaluation reads); the
     first frame's annotation gives the objects (2016: merged into one)."""
-    dataset = DavisDataset(root, split, year)
-    output = Path(output)
-    jobs = []
-    for name in _select(dataset.names, sequences, f"DAVIS {year} {split}"):
-        seq = dataset[name]
-        spec = AnnotationSpec(seq.annotation_paths[0], merge=seq.single_object)
-        jobs.append(VideoJob(name, FolderFrames(seq.frame_paths), {seq.frame_names[0]: spec}, output / name,
-                             output / OVERLAY_FOLDER / name if overlay else None))
-    return jobs
+    return sequence_jobs(DavisDataset(root, split, year), output, sequences, overlay)
 
 
 def youtube_jobs(root, split: str, output, sequences: list[str] | None = None,
                  overlay: bool = False) -> list[VideoJob]:
     """YouTube-VOS: each object's masks come from the first frame meta.json lists for it;
     every frame gets a PNG (empty before the first annotation), as the server expects."""
-    dataset = YouTubeVOSDataset(root, split)
-    output = Path(output)
-    jobs = []
-    for name in _select(dataset.names, sequences, f"YouTube-VOS {split}"):
-        seq = dataset[name]
-        annotations = {s.frame_name: AnnotationSpec(s.annotation_path, s.object_ids) for s in seq.starts}
-        jobs.append(VideoJob(name, FolderFrames(seq.frame_paths), annotations, output / name,
-                             output / OVERLAY_FOLDER / name if overlay else None, first_frame_annotated=False))
-    return jobs
+    return sequence_jobs(YouTubeVOSDataset(root, split), output, sequences, overlay)
 
 
 # ----------------------------------------------------------------------------- running
@@ -188,12 +117,14 @@ def run_video(segmenter: Segmenter, job: VideoJob, progress: bool = True) -> Vid
     if job.palette is None:
         job.check(overwrite=True)
     job.output.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=job.source.count, desc=job.name, unit="frame", leave=False, disable=not progress,
+    bar = tqdm(total=job.sequence.num_frames, desc=job.name, unit="frame", leave=False, disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     try:
-        with Prefetcher(job.source, depth=PREFETCH_FRAMES) as frames, BackgroundWriter(WRITER_THREADS) as writer:
-            for name, frame in frames:
-                labels = _segment_frame(segmenter, job, name, frame)
+        with Prefetcher(_indexed_frames(job.sequence), depth=PREFETCH_FRAMES) as frames, \
+                BackgroundWriter(WRITER_THREADS) as writer:
+            for index, frame in frames:
+                name = job.sequence.frame_name(index)
+                labels = _segment_frame(segmenter, job, index, frame)
                 writer.submit(_write_results, job, name, frame, labels)
                 bar.update(1)
     finally:
@@ -211,29 +142,38 @@ def _write_results(job: VideoJob, name: str, frame: np.ndarray, labels: HostCopy
         write_overlay(job.overlay_output / f"{name}.jpg", frame, ids, job.palette)
 
 
-def _segment_frame(segmenter: Segmenter, job: VideoJob, name: str, frame: np.ndarray) -> HostCopy:
-    """One frame of `job` through the segmenter (with its annotation, if any) → its ids
-    uint8 [H, W], on their way to the host."""
-    spec = job.annotations.get(name)
+def _indexed_frames(sequence: Sequence) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, frame uint8 [H, W, 3]) in order; closing it closes the sequence's reader (a video file)."""
+    frames = sequence.frames()
+    try:
+        yield from enumerate(frames)
+    finally:
+        frames.close()
+
+
+def _segment_frame(segmenter: Segmenter, job: VideoJob, index: int, frame: np.ndarray) -> HostCopy:
+    """Frame `index` of `job` through the segmenter (with the objects that start there, if
+    any) → its ids uint8 [H, W], on their way to the host. Frames before the first object
+    starts (YouTube-VOS) get no object."""
+    start = job.sequence.start_at(index)
     mask = ids = None
-    if spec is not None:
-        mask, _ = spec.load()
-        ids = spec.ids
+    if start is not None:
+        mask, ids = start.load_mask(), start.object_ids
         if mask.shape != frame.shape[:2]:
-            raise ValueError(f"{job.name}: annotation {spec.path} is {mask.shape[0]}x{mask.shape[1]} but "
-                             f"the frames are {frame.shape[0]}x{frame.shape[1]} (HxW)")
+            raise ValueError(f"{job.name}: annotation {start.annotation_path} is {mask.shape[0]}x{mask.shape[1]} "
+                             f"but the frames are {frame.shape[0]}x{frame.shape[1]} (HxW)")
         if ids is None and segmenter.objects.num_objects:
             # A later annotation introduces objects; the tracked ones keep their prediction
             # (a folder of ground truth for every frame must not leak into the results).
             mask = np.where(np.isin(mask, segmenter.objects.ids), 0, mask).astype(np.uint8)
             if not mask.any():
                 mask = None
-    if segmenter.objects.num_objects == 0 and (mask is None or not mask.any()) and not job.first_frame_annotated:
+    if segmenter.objects.num_objects == 0 and (mask is None or not mask.any()):
         return HostCopy(torch.zeros(frame.shape[:2], dtype=torch.uint8))  # no object has started yet
     try:
         result = segmenter.step(frame, mask, ids)
     except ValueError as err:
-        raise ValueError(f"{job.name}, frame {name}: {err}") from err
+        raise ValueError(f"{job.name}, frame {job.sequence.frame_name(index)}: {err}") from err
     return HostCopy(result.labels.to(torch.uint8))  # ids are ≤ 254 (PNG annotations)
 
 
