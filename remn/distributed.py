@@ -3,7 +3,9 @@
 `torchrun --nproc_per_node=N -m remn ...` sets RANK, WORLD_SIZE and LOCAL_RANK. With
 WORLD_SIZE > 1 the process joins the process group (NCCL on CUDA, gloo on the CPU) on its
 own device, cuda:LOCAL_RANK; otherwise it runs alone. A process group that already
-exists is joined as it is (its rank and world size are used).
+exists is joined as it is (its rank and world size are used). The collectives below do
+nothing in a single process: `barrier`, `mean_over_ranks`, and `wrap` (DistributedDataParallel
+for training).
 """
 from __future__ import annotations
 
@@ -67,3 +69,33 @@ def init_distributed(device: str | None = None) -> DistributedContext:
         raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
     dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
     return DistributedContext(rank, world_size, local_rank, chosen, initialised=True)
+
+
+def close_distributed(context: DistributedContext) -> None:
+    """Leave the process group if this process started it."""
+    if context.initialised and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.distributed:
+        dist.barrier()
+
+
+def mean_over_ranks(context: DistributedContext, values: torch.Tensor) -> torch.Tensor:
+    """values [K] (float) → the mean over ranks, [K]; a non-finite value anywhere stays non-finite."""
+    if not context.distributed:
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / context.world_size
+
+
+def wrap(module: torch.nn.Module, context: DistributedContext, find_unused_parameters: bool = False):
+    """DistributedDataParallel around `module` in a distributed run; the module itself otherwise."""
+    if not context.distributed:
+        return module
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )

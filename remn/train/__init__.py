@@ -6,7 +6,7 @@
 
 Modules: `config` (TrainConfig and its schedules), `clips` (samples and the sharded
 sampler), `augment`, `losses`, `trainer` (the loop, checkpoints, the learning check),
-`distributed` (torchrun / DDP), `cli` (`remn train`).
+`cli` (`remn train`). torchrun and DDP: `remn.distributed`, shared with `remn segment`.
 """
 from remn.train.config import TrainConfig
 from remn.train.trainer import LEARNING_RECIPE, LearningCheck, TrainingDiverged, learning_check, train

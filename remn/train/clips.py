@@ -33,7 +33,7 @@ and flip, then per frame a rotation, zoom and shear, a random crop and, for a th
 frames, a thin-plate-spline warp (`augment.random_static_views`, `augment.random_thin_plate`).
 (`geometric_jitter` scales these ranges and the video ones.)
 
-Videos (`VideoClips`) read DAVIS and YouTube-VOS layouts through `remn.data`. Clips use
+Videos (`VideoClips`) are `remn.data.Sequence`s (the DAVIS and YouTube-VOS readers). Clips use
 annotated frames only; T of them are picked in order with gaps of 1..max_skip frames
 (YouTube-VOS annotates every 5th frame, so its gaps are max_skip / 5 annotated frames),
 in reverse order half the time. The whole clip shares one crop, flip, rotation (±15°) and
@@ -56,12 +56,12 @@ import torch
 from torch.utils.data import Dataset
 
 from remn.data.davis import DavisDataset
-from remn.data.palette import VOID_ID, read_annotation, read_frame
+from remn.data.palette import ANNOTATION_SUFFIXES, FRAME_SUFFIXES, VOID_ID, list_images, read_annotation, read_frame
+from remn.data.sequence import Sequence as VideoSequence
 from remn.data.youtube import YouTubeVOSDataset
 from remn.train import augment
 from remn.train.losses import IGNORE_INDEX
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CROP_TRIES = 5  # crops tried per frame selection before picking new frames
 FRAME_TRIES = 3  # frame selections tried before accepting a clip with no visible object
 YOUTUBE_FRAME_STEP = 5
@@ -91,20 +91,6 @@ def foreground_ids(path: Path) -> np.ndarray:
     return (ids > top / 2).astype(np.uint8) if top > 0 else np.zeros_like(ids)
 
 
-def _list_stems(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
-    found: dict[str, Path] = {}
-    for name in sorted(os.listdir(folder)):
-        path = folder / name
-        if name.startswith(".") or not name.lower().endswith(suffixes) or not path.is_file():
-            continue
-        if path.stem in found:
-            raise ValueError(f"{folder} holds two files with the stem {path.stem!r}: {found[path.stem].name}, {name}")
-        found[path.stem] = path
-    return found
-
-
 class StaticImageClips:
     """Clips made from single images and their masks (see the module docstring for the layout)."""
 
@@ -114,11 +100,11 @@ class StaticImageClips:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"images root {self.root} does not exist or is not a folder")
-        images = _list_stems(self.root / "images", IMAGE_SUFFIXES)
-        masks = _list_stems(self.root / "masks", (".png",))
+        images = {p.stem: p for p in list_images(self.root / "images")}
+        masks = {p.stem: p for p in list_images(self.root / "masks", ANNOTATION_SUFFIXES)}
         if not images:
-            raise ValueError(f"{self.root / 'images'} holds no .jpg/.jpeg/.png images (expected ROOT/images/*.jpg "
-                             "and ROOT/masks/*.png with the same stems)")
+            raise ValueError(f"{self.root / 'images'} holds no {'/'.join(FRAME_SUFFIXES)} images (expected "
+                             "ROOT/images/*.jpg and ROOT/masks/*.png with the same stems)")
         unmasked = sorted(set(images) - set(masks))
         if unmasked:
             raise ValueError(f"{len(unmasked)} images in {self.root / 'images'} have no mask "
@@ -162,8 +148,7 @@ def pick_frames(rng: random.Random, length: int, num_frames: int, max_skip: int)
 
 
 class VideoClips:
-    """Clips from the annotated frames of video sequences (DavisSequence-like objects:
-    `name`, `frame(i)`, `annotation(i)`, `annotation_paths` with None for unannotated frames).
+    """Clips from the annotated frames (`annotated_indices`) of `remn.data.Sequence`s.
 
     frame_step: the frame spacing of the annotations (1 for DAVIS, 5 for YouTube-VOS train);
     repeat: how many times each sequence counts per epoch.
@@ -171,7 +156,7 @@ class VideoClips:
 
     static = False
 
-    def __init__(self, sequences: Sequence, *, label: str, frame_step: int = 1, repeat: int = 1):
+    def __init__(self, sequences: Sequence[VideoSequence], *, label: str, frame_step: int = 1, repeat: int = 1):
         self.label = label
         self.frame_step = frame_step
         self.repeat = repeat
@@ -179,7 +164,7 @@ class VideoClips:
         self.annotated: list[list[int]] = []
         short = []
         for sequence in sequences:
-            indices = [i for i, path in enumerate(sequence.annotation_paths) if path is not None]
+            indices = list(sequence.annotated_indices)
             if len(indices) < 2:
                 short.append(sequence.name)
                 continue
@@ -211,40 +196,18 @@ class VideoClips:
 def davis_clips(root, split: str = "train", year: int = 2017, repeat: int = 1) -> VideoClips:
     """A DAVIS training split; every frame of a training sequence must be annotated."""
     dataset = DavisDataset(root, split=split, year=year)
-    partial = [seq.name for seq in dataset if not seq.has_all_annotations]
+    partial = [seq.name for seq in dataset if len(seq.annotated_indices) != seq.num_frames]
     if partial:
         raise ValueError(f"DAVIS {split} sequences with frames that have no mask: {', '.join(partial[:5])} "
                          f"(training on DAVIS needs every frame annotated)")
     return VideoClips(list(dataset), label=f"DAVIS {year} {split} at {root}", repeat=repeat)
 
 
-class AnnotatedVideo:
-    """A YouTube-VOS video seen as VideoClips wants it: frames plus the annotation PNG of
-    each frame where one exists (`annotation_paths`, None elsewhere)."""
-
-    def __init__(self, sequence, annotation_dir: Path):
-        self.name = sequence.name
-        self.sequence = sequence
-        present = set(os.listdir(annotation_dir)) if annotation_dir.is_dir() else set()
-        self.annotation_paths = tuple(annotation_dir / f"{stem}.png" if f"{stem}.png" in present else None
-                                      for stem in sequence.frame_names)
-
-    def frame(self, index: int) -> np.ndarray:
-        return self.sequence.frame(index)
-
-    def annotation(self, index: int) -> np.ndarray:
-        path = self.annotation_paths[index]
-        if path is None:
-            raise FileNotFoundError(f"video {self.name}: frame {self.sequence.frame_names[index]} has no annotation")
-        return read_annotation(path)[0]
-
-
 def youtube_clips(root) -> VideoClips:
     """The YouTube-VOS train split (ROOT/train/{JPEGImages,Annotations}/VIDEO, meta.json);
     clips use the annotated frames, every 5th frame of the video."""
     dataset = YouTubeVOSDataset(root, split="train")
-    videos = [AnnotatedVideo(video, Path(root) / "train" / "Annotations" / video.name) for video in dataset]
-    return VideoClips(videos, label=f"YouTube-VOS train at {root}", frame_step=YOUTUBE_FRAME_STEP)
+    return VideoClips(list(dataset), label=f"YouTube-VOS train at {root}", frame_step=YOUTUBE_FRAME_STEP)
 
 
 # ----------------------------------------------------------------- the dataset

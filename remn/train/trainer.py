@@ -34,10 +34,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from remn import distributed
 from remn.checkpoint import load_imagenet_backbones, load_weights, save_weights
 from remn.precision import autocast_dtype
 from remn.model import REMN
-from remn.train import distributed
 from remn.train.clips import ClipBatchSampler, ClipDataset, build_clip_dataset
 from remn.train.config import TrainConfig
 from remn.train.losses import ClipObjective, LossWeights
@@ -250,16 +250,16 @@ def train(config: TrainConfig) -> Path:
     """Train (or resume) a run; returns OUTPUT/model.pt, loadable with
     `remn.build_model(config=<the model preset>, weights=path)`.
 
-    Runs distributed when launched by torchrun (see `remn.train.distributed`), else on
+    Runs distributed when launched by torchrun (see `remn.distributed`), else on
     `config.device` (default CUDA when available). Raises ValueError / FileNotFoundError
     for bad data or checkpoints and `TrainingDiverged` for a NaN/inf loss or gradient.
     """
     with cpu_threads(config.threads):
-        context = distributed.setup(config.device)
+        context = distributed.init_distributed(config.device)
         try:
             return _train(config, context)
         finally:
-            distributed.teardown(context)
+            distributed.close_distributed(context)
 
 
 @contextmanager
