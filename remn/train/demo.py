@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from remn.build import build_model
-from remn.data import read_annotation, write_annotation
+from remn.data import write_annotation
 from remn.data.davis import DavisDataset
 from remn.data.synthetic import write_davis_dataset
 from remn.evaluate import evaluate_davis, write_result_csvs
@@ -45,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def copy_first_mask(dataset: DavisDataset, output: Path) -> None:
     """The baseline: every frame gets the first frame's annotation."""
     for sequence in dataset:
-        first, palette = read_annotation(sequence.annotation_paths[0])
+        first = sequence.annotation(0)  # ids uint8 [H, W]
         for name in sequence.frame_names:
-            write_annotation(output / sequence.name / f"{name}.png", first, palette)
+            write_annotation(output / sequence.name / f"{name}.png", first, sequence.palette)
 
 
 def run(args: argparse.Namespace) -> int:
