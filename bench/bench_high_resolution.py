@@ -26,7 +26,7 @@ from remn.inference import Segmenter, resolve_inference_config
 def cases(device: torch.device, quick: bool):
     """(config, (H, W), memory frames T, objects, precisions)."""
     if quick:
-        return "tiny", (64, 112), 3, (2,), (None,)
+        return "tiny", (64, 112), 3, (2,), ("fp32",)
     precisions = ("fp32", "bf16") if device.type == "cuda" else ("fp32",)
     return "remn", (1080, 1920), 20, (1, 4), precisions
 
