@@ -126,6 +126,7 @@ def _run(args) -> int:
     import torch
 
     from remn.build import build_model
+    from remn.distributed import close_distributed
     from remn.inference import runner
     from remn.inference.segmenter import Segmenter
 
@@ -150,8 +151,5 @@ def _run(args) -> int:
             untrained = " (random weights: not results)" if args.weights is None else ""
             print(f"summary{untrained}: " + runner.summarise(reports))
     finally:
-        if context.initialised:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        close_distributed(context)
     return 0

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from remn.config import PRESETS as MODEL_PRESETS, check_fields
+from remn.config import PRESETS as MODEL_PRESETS, resolve_preset
 from remn.inference.memory import MEMORY_POLICIES, FrameBankSettings, MemorySettings, RDESettings, memory_settings
 from remn.precision import check_precision
 
@@ -99,25 +99,12 @@ def resolve_inference_config(config: str | InferenceConfig | dict = "remn", **ov
     policy's settings dataclass (e.g. capacity=6, change_threshold=0.0) replaces it there.
     A field the chosen policy does not have raises ValueError naming it.
     """
-    if isinstance(config, InferenceConfig):
-        base = config
-    elif isinstance(config, dict):
-        values = dict(config)
-        memory = values.pop("memory", None)
-        check_fields(InferenceConfig, values)
-        if isinstance(memory, dict):
-            memory = dict(memory)
-            memory = memory_settings(memory.pop("policy", "remn"), **memory)
-        base = InferenceConfig(**values, **({} if memory is None else {"memory": memory}))
-    elif isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown inference preset {config!r}; presets: {sorted(PRESETS)}")
-        base = PRESETS[config]
-    else:
-        raise TypeError(f"config must be a preset name, an InferenceConfig or a dict, got {type(config).__name__}")
+    if isinstance(config, dict) and isinstance(config.get("memory"), dict):
+        memory = dict(config["memory"])
+        config = {**config, "memory": memory_settings(memory.pop("policy", "remn"), **memory)}
+    base = resolve_preset(config, InferenceConfig, PRESETS, "inference preset")
     memory_overrides = {k: overrides.pop(k) for k in list(overrides) if k in MEMORY_FIELDS}
-    memory = overrides.pop("memory", base.memory)
-    if memory_overrides or memory is not base.memory:
-        overrides["memory"] = memory_settings(memory, **memory_overrides)
-    check_fields(InferenceConfig, overrides)
-    return dataclasses.replace(base, **overrides)
+    memory = overrides.pop("memory", None)
+    if memory_overrides or memory is not None:
+        overrides["memory"] = memory_settings(base.memory if memory is None else memory, **memory_overrides)
+    return resolve_preset(base, InferenceConfig, PRESETS, "inference preset", **overrides)
