@@ -7,7 +7,8 @@ memory (encoded here with its probabilities; `remn.inference.memory`); read: one
 the previous frame and its probabilities for local attention, the groups aggregated
 once; merge a given mask (it wins for the ids it annotates; the other objects keep their
 prediction outside it); let the memory policy decide whether this frame enters memory;
-resize the probabilities back to the input As in the published STCN and RDE-VOS inference, the
+resize the probabilities back to the input size (bilinear) before the argmax. As in the
+published STCN and RDE-VOS inference, the
 probabilities carried to memory and to the next frame are those of the whole padded frame
 (a multiple of 16), the band the decoder predicted around the frame included; only the
 output is cropped to the frame. Everything runs under `torch.inference_mode()`, under
@@ -40,13 +41,14 @@ from remn.precision import autocast_dtype
 
 
 @dataclass
-class _DecidedFrame:
-    """The last frame, with what memory needs should the policy have chosen it."""
+class _LastFrame:
+    """The previous frame: what local attention reads, and what memory encodes should the
+    policy have chosen it."""
 
     index: int
     features: FrameFeatures
     object_probs: torch.Tensor  # [1, O, Hp, Wp] over the padded frame, band included
-    decision: Decision
+    decision: Decision | None  # the policy's choice, None once acted on
 
 
 @dataclass
@@ -131,8 +133,7 @@ class Segmenter:
         self.seconds = 0.0  # host time in step(), plus the device's tail at each report()
         self._input_size: tuple[int, int] | None = None
         self._work_size: tuple[int, int] | None = None
-        self._previous = None  # (FrameFeatures, object probs [1, O, Hp, Wp]) of the last frame
-        self._decided: _DecidedFrame | None = None  # the last frame, its memory decision not yet acted on
+        self._last: _LastFrame | None = None
 
     # ------------------------------------------------------------------ inputs
     def _frame_tensor(self, frame) -> torch.Tensor:
@@ -244,8 +245,7 @@ class Segmenter:
         else:
             full = self._resize(crop_padding(probs, features.padding).float(), self._input_size)[0]  # [O+1, H, W]
         decision = self.memory.decide(frame_index, features, probs, annotated=annotated)
-        self._decided = _DecidedFrame(frame_index, features, probs[:, 1:], decision)
-        self._previous = (features, probs[:, 1:])
+        self._last = _LastFrame(frame_index, features, probs[:, 1:], decision)
         labels = probs_to_labels(full, self.objects.ids_tensor(self.device))  # [H, W]
         return FrameResult(frame_index, labels, full, self.objects.ids, decision)
 
@@ -254,20 +254,21 @@ class Segmenter:
 
         Runs after this frame's key encoder is queued: on CUDA the host may wait here for
         the previous frame's decision while the GPU works."""
-        decided, self._decided = self._decided, None
-        if decided is None:
+        last = self._last
+        if last is None or last.decision is None:
             return
+        decision, last.decision = last.decision, None
         self.memory.settle()
-        if decided.decision.get():
-            values = self.model.encode_value(decided.features, decided.object_probs)  # [1, O, Cv, h, w]
-            self.memory.write(decided.index, decided.features.key, values)
+        if decision.get():
+            values = self.model.encode_value(last.features, last.object_probs)  # [1, O, Cv, h, w]
+            self.memory.write(last.index, last.features.key, values)
 
     def _read(self, features: FrameFeatures) -> torch.Tensor:
         """Each object group reads its memory; → aggregated probabilities [1, O+1, Hp, Wp]."""
-        previous = self._previous if self.config.local_attention else None
+        last = self._last if self.config.local_attention else None
         outputs = []
         for read in self.memory.reads():
-            group_previous = None if previous is None else (previous[0], previous[1][:, read.group.channels])
+            group_previous = None if last is None else (last.features, last.object_probs[:, read.group.channels])
             outputs.append(self.model.segment(
                 features, read.keys, read.values, memory_bias=read.bias, previous=group_previous, top_k=self.config.top_k,
             ))
