@@ -2,7 +2,7 @@
 
 FrameBankMemory's policy, all of it in this file:
 
-- What enters. After each frame the update policy decides (`observe`, returning a
+- What enters. After each frame the update policy decides (`decide`, returning a
   `Decision`):
   * annotated frames always enter; the frame that introduces an object group (the first
     annotated frame included) is protected: it is never removed;
