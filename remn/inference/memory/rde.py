@@ -40,6 +40,9 @@ code, `inference_memory_bank.MemoryBank.add_memory` in compress mode with `use_g
   frame's keys equal the annotated frame's, with different values. The groups'
   per-object probabilities are soft-aggregated together by the core.
 - Nothing is dropped: the slots are overwritten in place.
+- Training reads what RDE-VOS's published training reads, which is not this inference
+  read (`remn.train.rde_recipe`: the embedding alone at frames 2 and 4 of a clip); both
+  fold a memorised frame into the embedding with the same compressor, embedding first.
 
 Object groups (objects first annotated on the same frame, `remn.inference.objects`) each
 own four slots (three frames, the annotated one stored twice so that a read is one view,
