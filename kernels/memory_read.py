@@ -262,12 +262,11 @@ def _config(block_n, block_m, block_v, num_warps, num_stages):
 
 
 # Tile configurations, one list per operand precision; BLOCK_CK is not tuned: it follows Ck
-# (`key_channel_tile`). Checked offline for sm_90a at Ck = 64, O·Cv = 1024 (Triton 3.6 with
-# ptxas 12.8 and Triton 3.9 with ptxas 13.4, with and without key_bias, HAS_THRESHOLD False
-# and True): the 16-bit list runs both dots on wgmma without spills (138–190 registers).
-# The same tiles with fp32 operands (exact dots on the CUDA cores) spill 1–34 KB, so fp32
-# has its own list of spill-free tiles (94–190 registers); BLOCK_N = 128 is clean at fp32 on
-# one Triton version only, so none is kept.
+# (`key_channel_tile`). Every one compiles for sm_90a at Ck = 64 without register spills,
+# with and without key_bias (`bench/check_register_spills.py`, Triton 3.9, ptxas 13.4):
+# the 16-bit list runs both dots on wgmma in 173–255 registers. The same tiles with fp32
+# operands (exact dots on the CUDA cores) spilled when first checked, so fp32 has its own
+# list of smaller tiles (142–158 registers).
 _CONFIGS_16BIT = [
     _config(64, 64, 64, num_warps=4, num_stages=3),
     _config(64, 64, 128, num_warps=8, num_stages=3),
@@ -308,19 +307,19 @@ _memory_read_fwd_tuned = triton.autotune(
 )(_memory_read_fwd_kernel)
 
 
-def _topk_config(kpad: int, fp32: bool) -> dict:
+def _topk_config(kpad: int) -> dict:
     """Tiles shared by the top-k pass and the read that follows it (bit-identical logits).
 
     BLOCK_N shrinks as k grows so that the [BLOCK_N, KPAD] buffer stays in registers. Both
     launches also pass enable_fp_fusion=False, so that no FMA contraction can differ between
     the two compiled kernels. Spill-free on sm_90a for every kpad at bf16/fp16 and fp32
-    (checked offline as the tile lists above), once fp32 at kpad ≤ 64 takes 8 warps (with
-    4 the thresholded read spills 1.1 KB).
+    (`bench/check_register_spills.py`, Triton 3.9, ptxas 13.4) once kpad ≤ 64 takes 8 warps:
+    with 4, the exact-k read (its running tie count) spills 8 bytes at bf16.
     """
     if interpreting():
         return dict(_INTERPRETER_CONFIG.kwargs, num_warps=4, num_stages=1)
     block_n = 64 if kpad <= 64 else (32 if kpad <= 128 else 16)
-    num_warps = 8 if fp32 and kpad <= 64 else 4
+    num_warps = 8 if kpad <= 64 else 4
     return {"BLOCK_N": block_n, "BLOCK_M": 64, "BLOCK_V": 64, "num_warps": num_warps, "num_stages": 2}
 
 
@@ -398,7 +397,7 @@ def _memory_read_launch(query_key, memory_key, memory_value, key_bias, scale, to
     # Top-k: pass 1 writes each split's k best logits, the k-th largest of those is the
     # threshold, pass 2 reads exactly k keys with the same tiles.
     kpad = triton.next_power_of_2(top_k)
-    config = _topk_config(kpad, fp32=flags["QK_FP32"] or flags["PV_FP32"])
+    config = _topk_config(kpad)
     block_n, block_m = config["BLOCK_N"], config["BLOCK_M"]
     query_tiles = triton.cdiv(num_queries, block_n)
     key_tiles = triton.cdiv(num_keys, block_m)
