@@ -262,11 +262,13 @@ def _config(block_n, block_m, block_v, num_warps, num_stages):
 
 
 # Tile configurations, one list per operand precision; BLOCK_CK is not tuned: it follows Ck
-# (`key_channel_tile`). Every one compiles for sm_90a at Ck = 64 without register spills,
-# with and without key_bias (`bench/check_register_spills.py`, Triton 3.9, ptxas 13.4):
-# the 16-bit list runs both dots on wgmma in 173–255 registers. The same tiles with fp32
-# operands (exact dots on the CUDA cores) spilled when first checked, so fp32 has its own
-# list of smaller tiles (142–158 registers).
+# (`key_channel_tile`). Registers and spills on sm_90a at Ck = 64, O·Cv = 1024, from
+# `bench/ptxas_check.py` (Triton 3.9's own ptxas 13.4 and flags, integers specialised as
+# the JIT does), plain read: at a 480p-sized launch (N = 1620) the first 16-bit config
+# (64, 64, 64, 4 warps) spills 220–244 bytes at 255 registers and the other three are clean
+# (240–255); at sizes that are multiples of 16 all are clean (128–176). The fp32 list
+# (exact dots on the CUDA cores; the 16-bit tiles spill at fp32) is clean at every size
+# checked (98–210 registers).
 _CONFIGS_16BIT = [
     _config(64, 64, 64, num_warps=4, num_stages=3),
     _config(64, 64, 128, num_warps=8, num_stages=3),
@@ -312,9 +314,12 @@ def _topk_config(kpad: int) -> dict:
 
     BLOCK_N shrinks as k grows so that the [BLOCK_N, KPAD] buffer stays in registers. Both
     launches also pass enable_fp_fusion=False, so that no FMA contraction can differ between
-    the two compiled kernels. Spill-free on sm_90a for every kpad at bf16/fp16 and fp32
-    (`bench/check_register_spills.py`, Triton 3.9, ptxas 13.4) once kpad ≤ 64 takes 8 warps:
-    with 4, the exact-k read (its running tie count) spills 8 bytes at bf16.
+    the two compiled kernels. Measured on sm_90a with `bench/ptxas_check.py`: at bf16/fp16
+    both kernels are spill-free for every kpad (kpad ≤ 64 takes 8 warps: with 4, the exact-k
+    read's running tie count spills). At fp32 they are not yet: at 480p sizes the read spills
+    about 500 bytes at kpad 128 and 270 at kpad 256, and at sizes that are multiples of 16
+    the read with key_bias at kpad ≤ 128 falls to 32 registers and spills about 7 KB. Those
+    tiles want retuning on a GPU.
     """
     if interpreting():
         return dict(_INTERPRETER_CONFIG.kwargs, num_warps=4, num_stages=1)
