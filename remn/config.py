@@ -1,6 +1,7 @@
-"""Model configurations: dataclass defaults and named presets.
+"""Model configurations and the one preset table.
 
-`remn` is the full model on STCN's core (ResNet-50 keys, ResNet-18 values, Ck = 64,
+`ModelConfig` holds the network's fields; `PRESETS` names settings of remn, each a model
+and the way inference runs it (`Preset`). Models: `remn` is the full model on STCN's core (ResNet-50 keys, ResNet-18 values, Ck = 64,
 Cv = 512) with the soft modulation gate and the local attention branch; `stcn` is that core
 alone; `rde` is that core with RDE-VOS's recurrent memory embedding (`mem_compress`);
 `tiny` is a narrow, shallow model that trains on a CPU in minutes.
@@ -8,7 +9,8 @@ alone; `rde` is that core with RDE-VOS's recurrent memory embedding (`mem_compre
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 # What the network builds for its memory: "rde" adds RDE-VOS's compressor (mem_compress).
 MODEL_MEMORIES = ("remn", "rde")
@@ -58,23 +60,64 @@ class ModelConfig:
         return cls(**values)
 
 
-PRESETS: dict[str, ModelConfig] = {
-    "remn": ModelConfig(name="remn"),
-    "stcn": ModelConfig(name="stcn", gate=False, local_attention=False),
-    "rde": ModelConfig(name="rde", gate=False, local_attention=False, memory="rde"),
-    "tiny": ModelConfig(
-        name="tiny",
-        key_dim=16,
-        value_dim=64,
-        key_width=8,
-        key_blocks=(1, 1, 1),
-        value_width=8,
-        value_blocks=(1, 1, 1),
-        decoder_dims=(32, 32),
-        gate_hidden=16,
-        local_radius=3,
+@dataclass(frozen=True)
+class Preset:
+    """One named setting of remn: the network `remn.build_model` builds and how `Segmenter`
+    runs it. `inference` holds InferenceConfig fields in `InferenceConfig.to_dict`'s form
+    (the memory policy's settings under "memory", with its "policy"), resolved and
+    validated by `remn.inference.config.resolve_inference_config`; it is a plain mapping
+    because the settings dataclasses live above this module in the import graph."""
+
+    model: ModelConfig
+    inference: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self):
+        object.__setattr__(self, "inference", MappingProxyType(dict(self.inference)))
+
+
+_FRAME_BANK = {"policy": "remn"}  # the frame bank with its defaults (remn.inference.memory.frame_bank)
+
+# The one preset table. Inference presets:
+# - remn: adaptive update, gated bank of 20 frames, local attention, top-k 20;
+# - stcn: STCN's own inference: the annotated frame plus every 5th frame counted from it,
+#   unbounded, no gate, no local attention, top-k 20;
+# - rde: RDE-VOS's "two frames + compress": the recurrent embedding and the last memorised
+#   frame in fixed slots, a frame memorised every 3 frames, top-k 40;
+# - tiny: the remn policy on a narrow, shallow model (tests, demo).
+PRESETS: dict[str, Preset] = {
+    "remn": Preset(ModelConfig(name="remn"), {"memory": _FRAME_BANK}),
+    "stcn": Preset(
+        ModelConfig(name="stcn", gate=False, local_attention=False),
+        {"memory": {"policy": "remn", "update": "every", "mem_every": 5, "capacity": None, "gate": False},
+         "top_k": 20, "local_attention": False},
+    ),
+    "rde": Preset(
+        ModelConfig(name="rde", gate=False, local_attention=False, memory="rde"),
+        {"memory": {"policy": "rde", "mem_every": 3}, "top_k": 40, "local_attention": False},
+    ),
+    "tiny": Preset(
+        ModelConfig(
+            name="tiny",
+            key_dim=16,
+            value_dim=64,
+            key_width=8,
+            key_blocks=(1, 1, 1),
+            value_width=8,
+            value_blocks=(1, 1, 1),
+            decoder_dims=(32, 32),
+            gate_hidden=16,
+            local_radius=3,
+        ),
+        {"memory": _FRAME_BANK},
     ),
 }
+
+
+def preset(name: str, what: str = "preset") -> Preset:
+    """The preset called `name`; ValueError naming `what` and listing the presets otherwise."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValueError(f"unknown {what} {name!r}; presets: {sorted(PRESETS)}")
+    return PRESETS[name]
 
 
 def check_fields(cls, values: dict) -> None:
@@ -84,18 +127,16 @@ def check_fields(cls, values: dict) -> None:
         raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
 
 
-def resolve_preset(config, cls, presets: dict, what: str, **overrides):
-    """A preset name (looked up in `presets`), an instance of dataclass `cls` or a dict of its
-    fields, with field overrides applied."""
+def resolve_preset(config, cls, named, **overrides):
+    """A preset name (`named(name)` gives its `cls` instance), an instance of dataclass `cls`
+    or a dict of its fields, with field overrides applied."""
     if isinstance(config, cls):
         base = config
     elif isinstance(config, dict):
         check_fields(cls, config)
         base = cls(**config)
     elif isinstance(config, str):
-        if config not in presets:
-            raise ValueError(f"unknown {what} {config!r}; presets: {sorted(presets)}")
-        base = presets[config]
+        base = named(config)
     else:
         raise TypeError(f"config must be a preset name, a {cls.__name__} or a dict, got {type(config).__name__}")
     if overrides:
@@ -105,5 +146,5 @@ def resolve_preset(config, cls, presets: dict, what: str, **overrides):
 
 
 def resolve_config(config: str | ModelConfig | dict = "remn", **overrides) -> ModelConfig:
-    """A model preset name, a ModelConfig or a dict, with field overrides applied."""
-    return resolve_preset(config, ModelConfig, PRESETS, "config", **overrides)
+    """A preset's model (by name), a ModelConfig or a dict, with field overrides applied."""
+    return resolve_preset(config, ModelConfig, lambda name: preset(name, "config").model, **overrides)

@@ -30,7 +30,7 @@ def test_published_stcn_checkpoint_loads_strictly(stcn_checkpoint):
 
 def test_stcn_weights_into_remn_keep_additions_neutral(stcn_checkpoint):
     path, state = stcn_checkpoint
-    model = REMN(remn.PRESETS["remn"])
+    model = REMN(remn.PRESETS["remn"].model)
     report = load_weights(model, path)
     assert report.kept_initial == ("gate.", "local_branch.")
     assert torch.equal(model.key_proj.key_proj.weight, state["key_proj.key_proj.weight"])

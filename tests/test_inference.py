@@ -256,6 +256,22 @@ def test_presets_and_config_checks():
         resolve_inference_config("xmem")
 
 
+def test_one_preset_table_gives_model_and_inference():
+    """Each row of remn.config.PRESETS builds its model and resolves its inference; the
+    inference preset's model is the same row, and `to_dict` round-trips."""
+    import remn
+    from remn.config import resolve_config
+
+    for name, row in remn.PRESETS.items():
+        config = resolve_inference_config(name)
+        assert (config.name, config.model) == (name, name)
+        assert resolve_config(name) == row.model
+        assert resolve_inference_config(config.to_dict()) == config
+        assert config.memory.needs_compressor == (row.model.memory == "rde")
+    with pytest.raises(TypeError):
+        remn.PRESETS["remn"].inference["top_k"] = 1  # the table is read-only
+
+
 # ----------------------------------------------------------------------------- no host waits
 def test_decisions_reach_the_host_one_frame_later_with_the_same_outcome(model, clip):
     """A frame's memory decision is read when the next frame's read begins; the memory

@@ -48,7 +48,7 @@ def test_missing_mem_compress_keys_are_refused(tmp_path, drop, message):
 
 def test_only_rde_memory_builds_a_compressor():
     assert remn.build_model(config="tiny", device="cpu").mem_compress is None
-    assert remn.PRESETS["rde"].memory == "rde"
+    assert remn.PRESETS["rde"].model.memory == "rde"
 
 
 # ------------------------------------------------------------ shapes

@@ -256,7 +256,7 @@ def clip_batch(batch=2, frames=3, height=32, width=48, objects=2):
 
 
 def test_objective_gradients_reach_gate_and_local_branch():
-    model = REMN(PRESETS["tiny"], fused=False).train()
+    model = REMN(PRESETS["tiny"].model, fused=False).train()
     frames, first, labels, valid = clip_batch()
     loss, parts = ClipObjective(model, LossWeights(ce=1.0, gate=0.1, contrastive=0.1))(frames, first, labels, valid)
     assert set(parts) == {"ce", "gate", "contrastive"} and torch.isfinite(loss)
@@ -295,7 +295,7 @@ def test_weights_load_with_build_model_and_reject_other_configs(tmp_path):
     for path in (weights, tmp_path / "run" / "last.pt"):
         model = remn.build_model(config="tiny", weights=path, device="cpu")
         assert isinstance(model, REMN)
-    other = dataclasses.replace(PRESETS["tiny"], local_radius=2)
+    other = dataclasses.replace(PRESETS["tiny"].model, local_radius=2)
     with pytest.raises(ValueError, match="local_radius"):
         remn.build_model(config=other, weights=weights, device="cpu")
     with pytest.raises(ValueError, match="cannot resume .*local_radius"):

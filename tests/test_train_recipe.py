@@ -28,7 +28,7 @@ from remn.train.trainer import (
     write_synthetic_data,
 )
 
-TINY_RDE = dataclasses.replace(PRESETS["tiny"], name="tiny-rde", gate=False, local_attention=False, memory="rde")
+TINY_RDE = dataclasses.replace(PRESETS["tiny"].model, name="tiny-rde", gate=False, local_attention=False, memory="rde")
 RUN = dict(  # one tiny step on the CPU
     device="cpu", synthetic=2, synthetic_size=(32, 48), synthetic_frames=6, crop_size=(32, 48), min_crop_area=0.8,
     iterations=1, batch_size=2, lr=1e-3, progress=False, tensorboard=False, threads=1, save_every=10,
@@ -62,7 +62,7 @@ def test_batchnorm_running_stats_frozen_or_trained(tmp_path, freeze):
 
 
 def test_set_training_mode_puts_only_batchnorm_in_eval():
-    model = set_training_mode(REMN(PRESETS["tiny"], fused=False), freeze_batchnorm=True)
+    model = set_training_mode(REMN(PRESETS["tiny"].model, fused=False), freeze_batchnorm=True)
     modes = {type(m).__name__: m.training for m in model.modules()}
     assert modes["BatchNorm2d"] is False and model.training and model.decoder.training
     assert all(m.training for m in set_training_mode(model, False).modules())

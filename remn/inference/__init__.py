@@ -1,6 +1,6 @@
 """Inference: the per-frame `Segmenter` core, its memory policies and object manager, and
 the `remn segment` entry points (one video, DAVIS / YouTube-VOS datasets, torchrun sharding)."""
-from remn.inference.config import PRESETS, InferenceConfig, resolve_inference_config
+from remn.inference.config import PRESETS, InferenceConfig, inference_preset, resolve_inference_config
 from remn.inference.memory import (
     MEMORY_POLICIES, FrameBankMemory, FrameBankSettings, GroupRead, MemoryManager, MemorySettings, MemoryStats,
     RDEMemory, RDESettings, make_memory_manager, memory_settings,
@@ -12,6 +12,7 @@ __all__ = [
     "PRESETS",
     "InferenceConfig",
     "resolve_inference_config",
+    "inference_preset",
     "MEMORY_POLICIES",
     "MemoryManager",
     "MemorySettings",

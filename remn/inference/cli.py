@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import sys
 
-from remn.inference.config import PRESETS, resolve_inference_config
+from remn.inference.config import PRESETS, inference_preset, resolve_inference_config
 from remn.inference.memory import MEMORY_POLICIES
 from remn.precision import PRECISIONS
 
@@ -79,7 +79,7 @@ def config_from_args(args):
     preset = args.config or ("rde" if args.memory == "rde" else "remn")
     if args.memory is not None:
         overrides["memory"] = args.memory
-    policy = MEMORY_POLICIES[args.memory or PRESETS[preset].memory.policy].settings_type
+    policy = MEMORY_POLICIES[args.memory or inference_preset(preset).memory.policy].settings_type
     if args.mem_every is not None:
         overrides["mem_every"] = args.mem_every
         if "update" in {f.name for f in dataclasses.fields(policy)}:  # the frame bank: the fixed schedule

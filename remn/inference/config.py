@@ -1,4 +1,6 @@
-"""Inference settings: the `InferenceConfig` dataclass and its named presets.
+"""Inference settings: the `InferenceConfig` dataclass. Its presets are rows of the one
+preset table, `remn.config.PRESETS` (each a model and its inference); `inference_preset(name)`
+resolves one:
 
 - `remn`: the full policy: adaptive memory update (a frame enters memory when the
   predicted masks changed enough since the last memorised frame, or after `max_gap`
@@ -32,8 +34,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from remn.config import PRESETS as MODEL_PRESETS, resolve_preset
-from remn.inference.memory import MEMORY_POLICIES, FrameBankSettings, MemorySettings, RDESettings, memory_settings
+from remn.config import PRESETS, preset, resolve_preset
+from remn.inference.memory import MEMORY_POLICIES, FrameBankSettings, MemorySettings, memory_settings
 from remn.precision import check_precision
 
 
@@ -48,11 +50,11 @@ class InferenceConfig:
     precision: str = "fp32"  # remn.precision: "bf16" / "fp16" / "auto" autocast on CUDA (fp32 on the CPU)
 
     def __post_init__(self):
-        if self.model not in MODEL_PRESETS:
-            raise ValueError(f"InferenceConfig.model must be a model preset {sorted(MODEL_PRESETS)}, got {self.model!r}")
+        if self.model not in PRESETS:
+            raise ValueError(f"InferenceConfig.model must be a preset {sorted(PRESETS)}, got {self.model!r}")
         if not isinstance(self.memory, MemorySettings):
             raise TypeError(f"InferenceConfig.memory must be a policy's settings (MemorySettings), got {self.memory!r}")
-        model_memory = MODEL_PRESETS[self.model].memory
+        model_memory = PRESETS[self.model].model.memory
         if self.memory.needs_compressor and model_memory != "rde":
             raise ValueError(
                 f"memory={self.memory.policy!r} needs a model with RDE's memory compressor (mem_compress): "
@@ -76,18 +78,6 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"InferenceConfig.{name} must be an int >= {minimum}, got {value!r}")
 
 
-PRESETS: dict[str, InferenceConfig] = {
-    "remn": InferenceConfig(name="remn"),
-    "stcn": InferenceConfig(
-        name="stcn",
-        model="stcn",
-        memory=FrameBankSettings(update="every", mem_every=5, capacity=None, gate=False),
-        top_k=20,
-        local_attention=False,
-    ),
-    "rde": InferenceConfig(name="rde", model="rde", memory=RDESettings(mem_every=3), top_k=40, local_attention=False),
-    "tiny": InferenceConfig(name="tiny", model="tiny"),
-}
 MEMORY_FIELDS = frozenset(f.name for policy in MEMORY_POLICIES.values() for f in dataclasses.fields(policy.settings_type))
 
 
@@ -99,12 +89,24 @@ def resolve_inference_config(config: str | InferenceConfig | dict = "remn", **ov
     policy's settings dataclass (e.g. capacity=6, change_threshold=0.0) replaces it there.
     A field the chosen policy does not have raises ValueError naming it.
     """
-    if isinstance(config, dict) and isinstance(config.get("memory"), dict):
-        memory = dict(config["memory"])
-        config = {**config, "memory": memory_settings(memory.pop("policy", "remn"), **memory)}
-    base = resolve_preset(config, InferenceConfig, PRESETS, "inference preset")
+    if isinstance(config, dict):
+        config = _from_plain(config)
+    base = resolve_preset(config, InferenceConfig, inference_preset)
     memory_overrides = {k: overrides.pop(k) for k in list(overrides) if k in MEMORY_FIELDS}
     memory = overrides.pop("memory", None)
     if memory_overrides or memory is not None:
         overrides["memory"] = memory_settings(base.memory if memory is None else memory, **memory_overrides)
-    return resolve_preset(base, InferenceConfig, PRESETS, "inference preset", **overrides)
+    return resolve_preset(base, InferenceConfig, inference_preset, **overrides)
+
+
+def inference_preset(name: str) -> InferenceConfig:
+    """The InferenceConfig of preset `name` (remn.config.PRESETS): its model is that preset's."""
+    return InferenceConfig(**_from_plain({"name": name, "model": name, **preset(name, "inference preset").inference}))
+
+
+def _from_plain(values: dict) -> dict:
+    """`to_dict`'s form → InferenceConfig fields, the memory settings as their dataclass."""
+    if not isinstance(values.get("memory"), dict):
+        return values
+    memory = dict(values["memory"])
+    return {**values, "memory": memory_settings(memory.pop("policy", "remn"), **memory)}

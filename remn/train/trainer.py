@@ -417,10 +417,11 @@ def inference_config_for(model: REMN):
     """The inference preset users would run this model with: the one named like its config
     (tiny, remn, stcn, rde), else the remn (or, with RDE's compressor, rde) policy; frames
     keep their size."""
-    from remn.inference import PRESETS, resolve_inference_config
+    from remn.config import PRESETS
+    from remn.inference import resolve_inference_config
 
     name = model.config.name
-    if name not in PRESETS or PRESETS[name].model != name:
+    if name not in PRESETS:
         name = "rde" if model.config.memory == "rde" else "remn"
     return resolve_inference_config(name, size=None)
 
