@@ -59,18 +59,29 @@ def key_square_norms(memory_key: torch.Tensor) -> torch.Tensor:
     return memory_key.float().transpose(1, 2).contiguous().pow(2).sum(dim=2)  # [B, M]
 
 
-def top_k_mask(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+def top_k_mask(logits: torch.Tensor, top_k: int, dim: int = 1) -> torch.Tensor:
     """logits [B, M, N] → bool [B, M, N]: per query n, exactly `top_k` keys (top_k ≤ M), the
-    largest logits, ties at the k-th largest value taken in order of key index.
+    largest logits, ties at the k-th largest value taken in order of key index. `dim` names
+    the key axis (2 for query-major logits [B, N, M]).
 
     The keys above the k-th value all take part; of those equal to it, the first
     k − #above along M do. Deterministic on every device, unlike `torch.topk`'s indices.
     """
-    kth_largest = logits.topk(top_k, dim=1).values[:, -1:, :]  # [B, 1, N]
+    kth_largest = logits.topk(top_k, dim=dim).values.narrow(dim, top_k - 1, 1)  # [B, 1, N]
     above = logits > kth_largest  # [B, M, N]
     tied = logits == kth_largest  # [B, M, N]
-    places_left = top_k - above.sum(dim=1, keepdim=True)  # [B, 1, N], ≥ 1
-    return above | (tied & (tied.cumsum(dim=1) <= places_left))
+    places_left = top_k - above.sum(dim=dim, keepdim=True)  # [B, 1, N], ≥ 1
+    return above | (tied & (tied.cumsum(dim=dim) <= places_left))
+
+
+def top_k_indices(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Query-major logits [B, N, M] → int64 [B, N, k]: the keys `top_k_mask` keeps for each
+    query, in ascending key order (a deterministic order, so sums over them round the same
+    way every run). No host synchronisation: the mask is ranked, not `nonzero`-ed."""
+    kept = top_k_mask(logits, top_k, dim=2)  # [B, N, M]
+    num_keys = logits.shape[2]
+    rank = torch.arange(num_keys, 0, -1, device=logits.device, dtype=torch.int32)  # [M]: M … 1, larger for earlier keys
+    return torch.where(kept, rank, 0).topk(top_k, dim=2).indices  # [B, N, k]
 
 
 def check_memory_read_args(query_key, memory_key, memory_value, key_bias, top_k):
@@ -102,6 +113,10 @@ def check_memory_read_args(query_key, memory_key, memory_value, key_bias, top_k)
     return batch, key_dim, num_queries, num_keys, num_objects, value_dim
 
 
+# Logits (and, with top-k, gathered values) per chunk of queries: 4 Mi fp32 elements, 16 MiB.
+MEMORY_READ_CHUNK_ELEMENTS = 1 << 22
+
+
 @_without_autocast
 def memory_read(
     query_key: torch.Tensor,
@@ -119,21 +134,43 @@ def memory_read(
     Returns [B, O, Cv, N]: out[b, o, :, i] = Σ_j softmax_j(logit[b, i, j]) · v[b, o, :, j].
     With `top_k=k` exactly k keys take part per query (STCN's `softmax_w_top`): its k
     largest logits, ties at the k-th value broken towards the lowest key index.
+
+    Queries are taken in chunks, so at most `MEMORY_READ_CHUNK_ELEMENTS` elements of the
+    N × M affinity exist at a time (at least one query's row). With top-k each query sums
+    its k values only (gathered, [chunk, k, O·Cv], bounded by the same budget) instead of a
+    dense product with a mostly-zero softmax: O(N·k·O·Cv) instead of O(N·M·O·Cv).
     """
-    check_memory_read_args(query_key, memory_key, memory_value, key_bias, top_k)
-    key_dim, num_keys = memory_key.shape[1], memory_key.shape[2]
-    scale = 1.0 / math.sqrt(key_dim) if scale is None else scale
-    query = query_key.float()
-    keys = memory_key.float()
-    key_sq = key_square_norms(keys)  # [B, M]
-    logits = scale * (2.0 * torch.einsum("bcm,bcn->bmn", keys, query) - key_sq[:, :, None])  # [B, M, N]
+    batch, _, num_queries, num_keys, num_objects, value_dim = check_memory_read_args(
+        query_key, memory_key, memory_value, key_bias, top_k
+    )
+    scale = 1.0 / math.sqrt(query_key.shape[1]) if scale is None else scale
+    query = query_key.float().transpose(1, 2)  # [B, N, Ck]
+    keys = memory_key.float()  # [B, Ck, M]
+    key_term = -scale * key_square_norms(keys)  # [B, M]
     if key_bias is not None:
-        logits = logits + key_bias.float()[:, :, None]
-    if top_k is not None and top_k < num_keys:
-        logits = logits.masked_fill(~top_k_mask(logits, top_k), float("-inf"))
-    probs = _safe_softmax(logits, dim=1)  # [B, M, N]
-    out = torch.einsum("bocm,bmn->bocn", memory_value.float(), probs)  # [B, O, Cv, N]
-    return out.to(memory_value.dtype)
+        key_term = key_term + key_bias.float()
+    values = memory_value.float().flatten(1, 2)  # [B, O·Cv, M]
+    selective = top_k is not None and top_k < num_keys
+    if selective:
+        values_by_key = values.transpose(1, 2).contiguous()  # [B, M, O·Cv]
+        batch_index = torch.arange(batch, device=values.device)[:, None, None]  # [B, 1, 1]
+    per_query = max(num_keys, top_k * num_objects * value_dim) if selective else num_keys
+    chunk = max(1, MEMORY_READ_CHUNK_ELEMENTS // max(1, batch * per_query))
+    outputs = []
+    for start in range(0, num_queries, chunk):
+        # logit[b, i, j] = scale · (2⟨q_i, k_j⟩ − |k_j|²) + bias_j
+        logits = torch.baddbmm(key_term[:, None, :], query[:, start:start + chunk], keys, alpha=2.0 * scale)  # [B, n, M]
+        if selective:
+            index = top_k_indices(logits, top_k)  # [B, n, k]
+            weights = _safe_softmax(logits.gather(2, index), dim=2)  # [B, n, k]
+            picked = values_by_key[batch_index, index]  # [B, n, k, O·Cv]
+            outputs.append(torch.matmul(weights[:, :, None, :], picked).squeeze(2).transpose(1, 2))  # [B, O·Cv, n]
+        else:
+            outputs.append(torch.bmm(values, _safe_softmax(logits, dim=2).transpose(1, 2)))  # [B, O·Cv, n]
+    if not outputs:  # no query
+        return memory_value.new_zeros(batch, num_objects, value_dim, 0)
+    out = torch.cat(outputs, dim=2)  # [B, O·Cv, N]
+    return out.view(batch, num_objects, value_dim, num_queries).to(memory_value.dtype)
 
 
 def check_local_attention_args(query_key, key, value, radius, key_bias):
