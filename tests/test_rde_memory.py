@@ -17,7 +17,7 @@ from remn.data.synthetic import make_clip
 from remn.inference import InferenceConfig, RDEMemory, RDESettings, Segmenter, resolve_inference_config
 from remn.inference.cli import add_arguments, config_from_args
 from remn.inference.memory import make_memory_manager
-from remn.inference.memory.rde import ANNOTATED, ANNOTATED_AGAIN, EMBEDDING, LAST
+from remn.inference.memory.rde import ANNOTATED, ANNOTATED_AGAIN, EMBEDDING, LAST, RDESlots
 
 HEIGHT, WIDTH = 48, 40  # not powers of two; keys at 3 × 3 (padded to 48 × 48 / 16)
 
@@ -119,6 +119,26 @@ def test_constant_storage_over_a_long_video(model):
     assert (slots.absorbed, slots.last_frame) == (66, 198)  # frames 3, 6, ..., 198 (written at frame 199's read)
     report = segmenter.report()
     assert report.peak_memory_frames == 3 and report.memorised == 67 and report.skipped == 133
+
+
+def test_slots_outside_inference_mode_carry_gradients_and_keep_earlier_reads(model):
+    """The training pass holds its embedding in the same RDESlots: with autograd, a fold
+    writes new tensors, so the compressor gets gradients through two folds and a read taken
+    before a fold still holds what it read."""
+    torch.manual_seed(0)
+    key = torch.randn(2, 3, 16, 2, 3, requires_grad=True)  # 3 frames × [2, Ck, h, w]
+    values = torch.randn(2, 3, 2, 64, 2, 3)  # 3 frames × [2, O, Cv, h, w]
+    slots = RDESlots.enter(key[:, 0], values[:, 0], 0)
+    first_read = slots.read_embedding()[0].clone()
+    early = slots.read_embedding()[0]
+    for t in (1, 2):
+        slots.absorb(model.mem_compress, key[:, t], values[:, t], t)
+    assert torch.equal(early, first_read)
+    slots.read()[0].sum().backward()
+    assert key.grad[:, 0].abs().sum() > 0  # frame 0 reaches the read through both folds
+    compress = model.mem_compress.compress_key.weight
+    assert compress.grad is not None and compress.grad.abs().sum() > 0
+    model.zero_grad()
 
 
 # ----------------------------------------------------------------------------- objects

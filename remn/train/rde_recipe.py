@@ -30,6 +30,10 @@ The losses over this pass (`remn.train.losses.ClipObjective`), as RDE-VOS comput
 
 with the KL of `nn.KLDivLoss()` (the element-wise mean over batch, channels and positions)
 at temperature 1 and neither side detached, as published.
+
+The embedding lives in the inference policy's own `RDESlots`
+(`remn.inference.memory.rde`): entered from m0, each memorised frame absorbed by the same
+code, embedding first, so training and inference cannot fold frames differently.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from remn.inference.memory.rde import RDESlots
 from remn.model import REMN
 
 
@@ -102,7 +107,7 @@ def rde_training_pass(
         first_values = (values[0], model.encode_value(features[0], first_masks))
     reads_embedding = embedding_frames(num_frames, embedding_reads)
     last_embedding_read = max(reads_embedding, default=0)
-    embedding = (keys[0], values[0])  # E starts as m0
+    embedding = RDESlots.enter(keys[0], values[0], 0)  # E starts as m0, in the inference policy's slots
     object_probs = memory_masks  # the previous frame's objects, for the local branch
     predictions, readouts = [], []
     for t in range(1, num_frames):
@@ -113,8 +118,7 @@ def rde_training_pass(
         prediction = full
         if student:
             prediction, embedding_input = _segment(
-                model, features[t], embedding[0][:, :, None], embedding[1][:, :, :, None], previous, object_valid,
-                capture=True)
+                model, features[t], *embedding.read_embedding(), previous, object_valid, capture=True)
             readouts.append((embedding_input, full_input))
         predictions.append(prediction.logits)  # [B, O+1, H, W]
         object_probs = full.padded_probs[:, 1:]  # [B, O, Hp, Wp]: the full-memory mask goes into memory
@@ -122,6 +126,6 @@ def rde_training_pass(
             keys.append(features[t].key)
             values.append(model.encode_value(features[t], object_probs))
             if t < last_embedding_read:
-                embedding = model.mem_compress(embedding[0], embedding[1], keys[-1], values[-1])
+                embedding.absorb(model.mem_compress, keys[-1], values[-1], t)
     clip_keys = all_features.key.view(frames.shape[0], num_frames, *all_features.key.shape[1:])  # [B, T, Ck, h, w]
     return RDEClipPass(torch.stack(predictions, dim=1), first_values, readouts, clip_keys)

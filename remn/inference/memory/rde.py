@@ -41,14 +41,14 @@ code, `inference_memory_bank.MemoryBank.add_memory` in compress mode with `use_g
   per-object probabilities are soft-aggregated together by the core.
 - Nothing is dropped: the slots are overwritten in place.
 - Training reads what RDE-VOS's published training reads, which is not this inference
-  read (`remn.train.rde_recipe`: the embedding alone at frames 2 and 4 of a clip); both
-  fold a memorised frame into the embedding with the same compressor, embedding first.
+  read (`remn.train.rde_recipe`: the embedding alone at frames 2 and 4 of a clip), but it
+  keeps the embedding in these same `RDESlots` (`enter`, `absorb`, `read_embedding`), so
+  the two fold memorised frames into the embedding with one piece of code.
 
 Object groups (objects first annotated on the same frame, `remn.inference.objects`) each
 own four slots (three frames, the annotated one stored twice so that a read is one view,
-the last `used` slots): keys [1, Ck, 4, h, w] and values [1, O_g, Cv, 4, h, w], allocated
-when the group's entry
-frame is written and never resized. This is RDE's own scheme for objects that
+the last `used` slots): keys [1, Ck, 4, h, w] and values [1, O_g, Cv, 4, h, w], made when
+the group's entry frame is written and rebuilt (same size) on each memorised frame. This is RDE's own scheme for objects that
 appear mid-video (its YouTube-VOS loop keeps one memory per object, started from the frame
 that annotates it; a later annotation enters the older objects' memories as an ordinary
 memorised frame, compressed into their embeddings). Per group instead of per object is the
@@ -91,12 +91,16 @@ class RDESettings(MemorySettings):
 
 @dataclass
 class RDESlots:
-    """One object group's memory: four preallocated slots, overwritten in place.
+    """One object group's memory: four slots along (embedding, last, annotated, annotated
+    again); the last `used` of them are read (2, the annotated pair, until the first
+    memorised frame after the entry, then all 4).
 
-    keys [B, Ck, 4, h, w], values [B, O_g, Cv, 4, h, w] along (embedding, last, annotated,
-    annotated again); the last `used` of them are read (2, the annotated pair, until the
-    first memorised frame after the entry, then all 4). B is 1 in the engine; training
-    clips use the same slots with their batch.
+    keys [B, Ck, 4, h, w], values [B, O_g, Cv, 4, h, w]. B is 1 in the engine; the RDE
+    training pass (`remn.train.rde_recipe`) holds its clips' embedding in the same slots,
+    with their batch. Under `torch.inference_mode()` (the engine) writes go in place and
+    the storage never changes; otherwise they make new slot tensors, so gradients reach the
+    compressor through every fold and a read taken earlier keeps what it read. A read is a
+    view.
     """
 
     keys: torch.Tensor
@@ -109,26 +113,32 @@ class RDESlots:
     @classmethod
     def enter(cls, key: torch.Tensor, values: torch.Tensor, frame: int) -> "RDESlots":
         """A group entering on `frame`: key [B, Ck, h, w], values [B, O_g, Cv, h, w] fill the
-        annotated pair and start the embedding."""
-        keys = key.new_zeros(key.shape[0], key.shape[1], SLOTS, *key.shape[2:])  # [B, Ck, 4, h, w]
-        slot_values = values.new_zeros(*values.shape[:3], SLOTS, *values.shape[3:])  # [B, O_g, Cv, 4, h, w]
-        for slot in (ANNOTATED, ANNOTATED_AGAIN, EMBEDDING):  # the embedding starts from the annotated frame
-            keys[:, :, slot] = key
-            slot_values[:, :, :, slot] = values
+        annotated pair and start the embedding; the last slot is empty (zeros, not read)."""
+        # (embedding, last, annotated, annotated again): the embedding starts from the annotated frame
+        keys = torch.stack([key, torch.zeros_like(key), key, key], dim=2)  # [B, Ck, 4, h, w]
+        slot_values = torch.stack([values, torch.zeros_like(values), values, values], dim=3)  # [B, O_g, Cv, 4, h, w]
         return cls(keys, slot_values, entry_frame=frame)
 
     def absorb(self, compressor, key: torch.Tensor, values: torch.Tensor, frame: int) -> None:
         """A later memorised frame F (key [B, Ck, h, w], values [B, O_g, Cv, h, w]), in the
         published order: embedding ← compressor(embedding, F), then last ← F."""
-        embedding_key = compressor.update_key(self.keys[:, :, EMBEDDING], key)  # [B, Ck, h, w]
-        embedding_values = compressor.update_value(self.values[:, :, :, EMBEDDING], values)  # [B, O_g, Cv, h, w]
-        self.keys[:, :, EMBEDDING] = embedding_key
-        self.values[:, :, :, EMBEDDING] = embedding_values
-        self.keys[:, :, LAST] = key
-        self.values[:, :, :, LAST] = values
+        # [B, Ck, h, w], [B, O_g, Cv, h, w]
+        embedding_key, embedding_values = compressor(self.embedding_key, self.embedding_values, key, values)
+        self.keys = _replace_slots(self.keys, 2, {EMBEDDING: embedding_key, LAST: key})
+        self.values = _replace_slots(self.values, 3, {EMBEDDING: embedding_values, LAST: values})
         self.used = SLOTS
         self.last_frame = frame
         self.absorbed += 1
+
+    @property
+    def embedding_key(self) -> torch.Tensor:
+        """The recurrent embedding's key [B, Ck, h, w]."""
+        return self.keys[:, :, EMBEDDING]
+
+    @property
+    def embedding_values(self) -> torch.Tensor:
+        """The recurrent embedding's values [B, O_g, Cv, h, w]."""
+        return self.values[:, :, :, EMBEDDING]
 
     @property
     def frames(self) -> int:
@@ -139,6 +149,25 @@ class RDESlots:
         """Views of the used slots: keys [B, Ck, T, h, w], values [B, O_g, Cv, T, h, w]."""
         start = SLOTS - self.used
         return self.keys[:, :, start:], self.values[:, :, :, start:]
+
+    def read_embedding(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding slot alone, what RDE-VOS's training reads at its embedding frames:
+        keys [B, Ck, 1, h, w], values [B, O_g, Cv, 1, h, w]."""
+        return self.keys[:, :, EMBEDDING:EMBEDDING + 1], self.values[:, :, :, EMBEDDING:EMBEDDING + 1]
+
+
+def _replace_slots(slots: torch.Tensor, dim: int, entries: dict[int, torch.Tensor]) -> torch.Tensor:
+    """`slots` with its entries along `dim` at the indices of `entries` replaced: in place
+    under inference mode, else as a new tensor (in place would overwrite what the
+    compressor's backward, or an earlier read, still holds)."""
+    if torch.is_inference_mode_enabled():
+        for index, entry in entries.items():
+            slots.select(dim, index).copy_(entry)
+        return slots
+    parts = list(slots.unbind(dim))
+    for index, entry in entries.items():
+        parts[index] = entry
+    return torch.stack(parts, dim=dim)
 
 
 class RDEMemory(MemoryManager):
