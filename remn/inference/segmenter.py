@@ -113,6 +113,17 @@ def merge_annotation(predicted: torch.Tensor, masks: torch.Tensor, channels: lis
     return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, H, W]
 
 
+def combine_groups(outputs) -> torch.Tensor:
+    """The `SegmentOutput` of each object group's read (in channel order) → aggregated
+    probabilities [1, O+1, Hp, Wp] over all objects."""
+    if len(outputs) == 1:
+        return outputs[0].padded_probs  # [1, O+1, Hp, Wp]
+    # Each group aggregated its own objects; recover their probabilities (sigmoid of the
+    # logits is the clamped probability) and aggregate all objects together.
+    object_probs = torch.cat([torch.sigmoid(out.padded_logits[:, 1:]) for out in outputs], dim=1)  # [1, O, Hp, Wp]
+    return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, Hp, Wp]
+
+
 class Segmenter:
     """Semi-supervised VOS on a stream of frames: one `step` per frame, in order.
 
@@ -205,6 +216,19 @@ class Segmenter:
         return result
 
     def _step(self, frame, mask, object_ids) -> FrameResult:
+        image, annotation = self._prepare(frame, mask, object_ids)
+        features = self.model.encode_key(self._resize(image, self._work_size))
+        self._write_memory()
+        if self.objects.num_objects:
+            probs = self._read(features)
+        else:
+            probs = image.new_ones(1, 1, *features.padded_size)  # background only
+        return self._finish(image, annotation, features, probs)
+
+    # The phases of a step, also driven by `remn.inference.batch.BatchSegmenter` for several
+    # videos at once: _prepare → encode_key → _write_memory → read → _finish.
+    def _prepare(self, frame, mask, object_ids):
+        """Check the inputs and count the frame → (image [1, 3, H, W], Annotation or None)."""
         image = self._frame_tensor(frame)  # [1, 3, H, W]
         size = tuple(image.shape[-2:])
         if self._input_size is not None and size != self._input_size:
@@ -220,15 +244,12 @@ class Segmenter:
         if self._input_size is None:
             self._input_size, self._work_size = size, working_size(*size, self.config.size)
         self.frame_index += 1
-        frame_index = self.frame_index
+        return image, annotation
 
-        features = self.model.encode_key(self._resize(image, self._work_size))
-        self._write_memory()
-        if self.objects.num_objects:
-            probs = self._read(features)
-        else:
-            probs = image.new_ones(1, 1, *features.padded_size)  # background only
-        # probs: [1, O+1, Hp, Wp] over the padded working frame
+    def _finish(self, image, annotation, features: FrameFeatures, probs: torch.Tensor) -> FrameResult:
+        """Merge the annotation into the read's probs [1, O+1, Hp, Wp] over the padded
+        working frame, let the memory policy decide, resize to the input size."""
+        frame_index = self.frame_index
         annotated = annotation is not None and len(annotation.ids) > 0
         if annotated:
             if annotation.new_ids:
@@ -273,12 +294,7 @@ class Segmenter:
                 features, read.keys, read.values, memory_bias=read.bias, previous=group_previous, top_k=self.config.top_k,
             ))
         self.memory.read_done(outputs)
-        if len(outputs) == 1:
-            return outputs[0].padded_probs  # [1, O+1, Hp, Wp]
-        # Each group aggregated its own objects; recover their probabilities (sigmoid of the
-        # logits is the clamped probability) and aggregate all objects together.
-        object_probs = torch.cat([torch.sigmoid(out.padded_logits[:, 1:]) for out in outputs], dim=1)  # [1, O, Hp, Wp]
-        return torch.softmax(soft_aggregate(object_probs), dim=1)  # [1, O+1, Hp, Wp]
+        return combine_groups(outputs)
 
     # ------------------------------------------------------------------ report
     def report(self, name: str = "") -> VideoReport:
