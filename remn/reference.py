@@ -199,6 +199,10 @@ def check_local_attention_args(query_key, key, value, radius, key_bias):
     return batch, key_dim, height, width, value.shape[1], value.shape[2]
 
 
+# Logits of the local attention per tile of query rows: 4 Mi fp32 elements, 16 MiB.
+LOCAL_ATTENTION_TILE_ELEMENTS = 1 << 22
+
+
 @_without_autocast
 def local_attention(
     query_key: torch.Tensor,
@@ -217,33 +221,45 @@ def local_attention(
     that lie inside the image (outside positions are excluded, never zero-padded into the
     softmax) of logit(p, p') = scale·(2⟨q_p, k_p'⟩ − |k_p'|²) + key_bias[o, p'], then
     Σ_p' weight · value[o, :, p'].
+
+    Computed per tile of query rows against the rows within `radius` of it (its halo, full
+    width, clipped to the image), as two matrix products with the positions outside each
+    query's window masked out: at most `LOCAL_ATTENTION_TILE_ELEMENTS` logits at a time.
     """
     batch, key_dim, height, width, num_objects, value_dim = check_local_attention_args(
         query_key, key, value, radius, key_bias
     )
     scale = 1.0 / math.sqrt(key_dim) if scale is None else scale
-    pad = (radius, radius, radius, radius)
     query = query_key.float()
-    keys_padded = torch.nn.functional.pad(key.float(), pad)  # [B, Ck, H+2r, W+2r]
-    values_padded = torch.nn.functional.pad(value.float(), pad)  # [B, O, Cv, H+2r, W+2r]
-    inside = torch.nn.functional.pad(query.new_ones(height, width), pad)  # [H+2r, W+2r]
-    bias = query.new_zeros(batch, num_objects, height, width)
+    keys = key.float()
+    values = value.float()
+    key_term = -scale * keys.pow(2).sum(1)  # [B, H, W]
+    bias = key_term[:, None].expand(batch, num_objects, height, width)  # [B, O, H, W]
     if key_bias is not None:
-        bias = bias + key_bias.float()  # [B, O, H, W]
-    bias_padded = torch.nn.functional.pad(bias, pad)  # [B, O, H+2r, W+2r]
-
-    offsets = [(dy, dx) for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
-    window_logits = []
-    for dy, dx in offsets:
-        shifted_key = keys_padded[:, :, dy:dy + height, dx:dx + width]  # [B, Ck, H, W]
-        affinity = scale * (2.0 * (query * shifted_key).sum(1) - shifted_key.pow(2).sum(1))  # [B, H, W]
-        logit = affinity[:, None] + bias_padded[:, :, dy:dy + height, dx:dx + width]  # [B, O, H, W]
-        outside = inside[dy:dy + height, dx:dx + width] == 0
-        window_logits.append(logit.masked_fill(outside, float("-inf")))
-    weights = _safe_softmax(torch.stack(window_logits, dim=2), dim=2)  # [B, O, K, H, W]
-
-    out = value.new_zeros((batch, num_objects, value_dim, height, width), dtype=torch.float32)
-    for index, (dy, dx) in enumerate(offsets):
-        shifted_value = values_padded[..., dy:dy + height, dx:dx + width]  # [B, O, Cv, H, W]
-        out = out + weights[:, :, index, None] * shifted_value
+        bias = bias + key_bias.float()
+    device = query.device
+    rows_per_tile = 1
+    while rows_per_tile < height and (
+        batch * num_objects * (rows_per_tile + 1) * width * (rows_per_tile + 1 + 2 * radius) * width
+        <= LOCAL_ATTENTION_TILE_ELEMENTS
+    ):
+        rows_per_tile += 1
+    columns = torch.arange(width, device=device)
+    column_near = (columns[:, None] - columns[None, :]).abs() <= radius  # [W (query), W (key)]
+    outputs = []
+    for top in range(0, height, rows_per_tile):
+        bottom = min(height, top + rows_per_tile)
+        halo_top, halo_bottom = max(0, top - radius), min(height, bottom + radius)
+        rows = torch.arange(top, bottom, device=device)
+        halo_rows = torch.arange(halo_top, halo_bottom, device=device)
+        row_near = (rows[:, None] - halo_rows[None, :]).abs() <= radius  # [h, hh]
+        inside = (row_near[:, None, :, None] & column_near[None, :, None, :]).flatten(2).flatten(0, 1)  # [h·W, hh·W]
+        tile_query = query[:, :, top:bottom].flatten(2)  # [B, Ck, h·W]
+        halo_keys = keys[:, :, halo_top:halo_bottom].flatten(2)  # [B, Ck, hh·W]
+        affinity = 2.0 * scale * torch.bmm(tile_query.transpose(1, 2), halo_keys)  # [B, h·W, hh·W]
+        logits = affinity[:, None] + bias[:, :, halo_top:halo_bottom].flatten(2)[:, :, None]  # [B, O, h·W, hh·W]
+        weights = _safe_softmax(logits.masked_fill(~inside, float("-inf")), dim=3)  # [B, O, h·W, hh·W]
+        halo_values = values[:, :, :, halo_top:halo_bottom].flatten(3)  # [B, O, Cv, hh·W]
+        outputs.append(torch.matmul(halo_values, weights.transpose(2, 3)))  # [B, O, Cv, h·W]
+    out = torch.cat(outputs, dim=3).view(batch, num_objects, value_dim, height, width)  # [B, O, Cv, H, W]
     return out.to(value.dtype)
