@@ -19,6 +19,7 @@ from remn.inference.memory import MEMORY_POLICIES
 from remn.precision import PRECISIONS
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
 RANDOM_WEIGHTS_WARNING = (
     "WARNING: no --weights given: the model has random weights and the masks it writes are "
     "meaningless; pass trained weights (--weights FILE) for real results"
@@ -39,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     outputs = parser.add_argument_group("output")
     outputs.add_argument("--output", "-o", required=True, help="output folder (dataset: one sub-folder per sequence)")
     outputs.add_argument("--overwrite", action="store_true", help="replace results already in the output folder")
+    outputs.add_argument("--resume", action="store_true",
+                         help="skip videos whose results are complete (a finished run's marker) and redo the rest")
     outputs.add_argument("--overlay", action="store_true", help="also write overlay JPEGs under OUTPUT/overlays")
     outputs.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -50,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Triton kernels for the memory read and local attention on CUDA (default)")
     model.add_argument("--no-fused", dest="fused", action="store_false", help="the PyTorch reference ops")
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available; torchrun: cuda:LOCAL_RANK)")
+    model.add_argument("--batch-videos", type=int, default=1, metavar="N",
+                       help="segment N videos of a dataset at once in one batch (default 1)")
     model.add_argument("--precision", choices=PRECISIONS,
                        help="autocast on CUDA (default fp32; auto: bf16 where supported, else fp16)")
     model.add_argument("--size", type=int, help="shorter side frames are resized to (default 480; 0 keeps the input size)")
@@ -128,28 +133,34 @@ def _run(args) -> int:
     from remn.build import build_model
     from remn.distributed import close_distributed
     from remn.inference import runner
-    from remn.inference.segmenter import Segmenter
 
     config = config_from_args(args)
     jobs = _plan(args)
     context = runner.init_distributed(args.device)
     try:
-        runner.check_jobs(jobs, context, args.overwrite)  # before any work, on every rank
+        runner.check_jobs(jobs, context, args.overwrite, args.resume)  # before any work, on every rank
         if context.is_main and args.weights is None:
             print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
         if context.is_main and config.precision != "fp32" and context.device.type != "cuda":
             print(f"remn segment: --precision {config.precision} applies on CUDA only; running in float32 on {context.device}",
                   file=sys.stderr)
 
-        def make_segmenter(device):
+        def make_model(device):
             torch.manual_seed(0)  # without --weights: the same random model on every rank and every run
-            model = build_model(fused=args.fused, config=config.model, weights=args.weights, device=device)
-            return Segmenter(model, config)
+            return build_model(fused=args.fused, config=config.model, weights=args.weights, device=device)
 
-        reports = runner.run_jobs(jobs, make_segmenter, context, progress=not args.no_progress and context.is_main)
-        if context.is_main and reports is not None:
-            untrained = " (random weights: not results)" if args.weights is None else ""
-            print(f"summary{untrained}: " + runner.summarise(reports))
+        untrained = " (random weights: not results)" if args.weights is None else ""
+        try:
+            outcomes = runner.run_jobs(jobs, make_model, config, context, progress=not args.no_progress and context.is_main,
+                                       batch_videos=args.batch_videos, resume=args.resume)
+        except runner.RunInterrupted as stopped:
+            print(f"summary{untrained}: " + runner.summarise_outcomes(stopped.outcomes))
+            print(f"remn segment: interrupted by {stopped}", file=sys.stderr)
+            return EXIT_INTERRUPTED[stopped.signal_name]
+        if context.is_main and outcomes is not None:
+            print(f"summary{untrained}: " + runner.summarise_outcomes(outcomes))
+            if any(o.status == "failed" for o in outcomes):
+                return EXIT_BAD_INPUT  # each failed video's error was reported as it failed
     finally:
         close_distributed(context)
     return 0
