@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "evaluate": ("remn.evaluate.cli", "DAVIS J&F evaluation, identical to the official toolkit"),
     "train": ("remn.train.cli", "train REMN on DAVIS / YouTube-VOS layouts or synthetic videos"),
     "demo": ("remn.train.demo", "synthetic videos → short training → segmentation → evaluation"),
+    "ablate": ("remn.evaluate.ablate", "ablation of local attention, adaptive update and the gated bank (J&F, memory, time)"),
 }
 
 
