@@ -76,6 +76,15 @@ def print_tables(results: dict) -> None:
         rows = [[e["policy"], e["frames"], e["memory_frames"], _mb(e.get("peak_allocated")), _mb(e.get("nvml_used")),
                  _mb(e.get("host_rss")), e.get("fps")] for e in results["memory_growth"]]
         print(format_table(headers, rows))
+    if results.get("cpu", {}).get("rows"):
+        cpu = results["cpu"]
+        print(f"\n== CPU fast path ({cpu['model']}, {cpu['threads']} threads, T = 5, top-{cpu['top_k']}, "
+              f"native bf16: {cpu['native_bf16']}) ==")
+        headers = ["variant", "objects", "size", "ms/frame", "x eager", "x before #17", "labels identical %",
+                   "worst frame %"]
+        rows = [[e["variant"], e["objects"], e["size"], e["ms_per_frame"], e["x_eager"], e["x_pre_issue"],
+                 e["labels_identical_pct"], e["labels_identical_worst_frame_pct"]] for e in cpu["rows"]]
+        print(format_table(headers, rows))
     if results.get("evaluate"):
         print("\n== evaluation speed ==")
         entry = results["evaluate"]

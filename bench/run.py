@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_cpu  # noqa: E402
 import bench_end_to_end  # noqa: E402
 import bench_evaluate  # noqa: E402
 import bench_high_resolution  # noqa: E402
@@ -36,7 +37,9 @@ from common import REPO, environment  # noqa: E402
 from remn.data.atomic import atomic_path  # noqa: E402
 from report import print_tables, write_plot  # noqa: E402
 
-SECTIONS = ("memory_read", "local_attention", "end_to_end", "high_resolution", "segment", "memory_growth", "evaluate")
+SECTIONS = ("memory_read", "local_attention", "end_to_end", "high_resolution", "segment", "memory_growth", "evaluate",
+            "cpu")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # "cpu" (the CPU fast path at 480p, about 15 minutes on 2 cores) runs when named
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -46,7 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="kernel dtype (default bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS))
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per CPU measurement")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results",
                         help="folder for the JSON and the plot")
@@ -95,6 +98,7 @@ def main(argv=None) -> int:
         "segment": lambda: bench_segment.run(device, args.quick),
         "memory_growth": lambda: bench_memory_growth.run(device, args.quick),
         "evaluate": lambda: bench_evaluate.run(args.quick),
+        "cpu": lambda: bench_cpu.run(device, args.quick, args.repeats),
     }
     tag = args.tag or "{}-{}{}".format("cuda" if device.type == "cuda" else "cpu", env["date"][:10],
                                        "-quick" if args.quick else "")

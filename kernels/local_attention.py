@@ -244,8 +244,10 @@ def _prune_configs(configs, named_args, **kwargs):
 
 
 # Tuned on the sizes that select tiles (H, W, Ck, Cv); the radius only sets the loop length.
+# The choice is cached on disk, as the memory read's is.
 _local_attention_fwd_tuned = triton.autotune(
     configs=_CUDA_CONFIGS, key=["H", "W", "CK", "CV"], prune_configs_by={"early_config_prune": _prune_configs},
+    cache_results=True,
 )(_local_attention_fwd_kernel)
 
 

@@ -303,9 +303,11 @@ def _prune_configs(configs, named_args, **kwargs):
 
 # The plain read is autotuned on the sizes that stay fixed during a video (N, O·Cv, Ck):
 # M grows with the memory every frame and is left out of the key so that it does not retune.
+# The choice is cached on disk (Triton's cache directory, keyed by the kernel's source, the
+# key and the device): a size is benchmarked once per machine, not in every process's first frame.
 _memory_read_fwd_tuned = triton.autotune(
     configs=_CONFIGS_16BIT + _CONFIGS_FP32, key=["N", "OCV", "CK"],
-    prune_configs_by={"early_config_prune": _prune_configs},
+    prune_configs_by={"early_config_prune": _prune_configs}, cache_results=True,
 )(_memory_read_fwd_kernel)
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from remn.inference.config import InferenceConfig, resolve_inference_config
+from remn.inference.fast_path import FastPathSettings, inference_model
 from remn.inference.host import Decision, to_device
 from remn.inference.memory import make_memory_manager
 from remn.inference.objects import ObjectManager
@@ -128,12 +129,15 @@ class Segmenter:
     """Semi-supervised VOS on a stream of frames: one `step` per frame, in order.
 
     model: a REMN (`remn.build_model`), in eval mode; config: an InferenceConfig or a
-    preset name. Start a new video with `reset()` (or a new Segmenter).
+    preset name; fast_path: on a CPU the Segmenter runs a prepared copy of the model
+    (`remn.inference.fast_path`: BatchNorm folded, per-frame inputs shared by the objects,
+    channels-last; with precision "bf16", bf16 encoders and decoder) unless
+    fast_path=False; a FastPathSettings picks the routes. Start a new video with `reset()` (or a new Segmenter).
     """
 
-    def __init__(self, model, config: InferenceConfig | str = "remn"):
-        self.model = model
+    def __init__(self, model, config: InferenceConfig | str = "remn", fast_path: FastPathSettings | bool | None = None):
         self.config = resolve_inference_config(config)
+        self.model = inference_model(model, fast_path, self.config.precision)
         self.device = next(model.parameters()).device
         self.reset()
 

@@ -1,0 +1,191 @@
+"""The fast CPU path, route by route: per-frame time at 480p against plain eager fp32.
+
+Per object count (1, 2, 4) every variant gets its own `Segmenter` on the same synthetic
+clip and the same random-weight model, with memory written every frame and capped at
+T = 5 frames (`update="every", mem_every=1, capacity=5`), top-20 and local attention, as
+the `remn` preset reads. Once every variant's memory holds 5 frames, the variants step
+the following frames in turn, one frame each per round (interleaved, so that load from
+other processes falls on all of them alike); a variant's figure is the median of its
+rounds. Each frame's labels are compared with plain eager fp32's labels of the same frame.
+
+Variants:
+- `eager fp32, ops before #17`: plain eager fp32 with the reference ops as they were
+  before issue 17 (a dense read: the whole N×M affinity, top-k by masking, a dense
+  product; local attention as (2r+1)² shifted elementwise passes). Its memory is filled
+  with the current ops; only its timed frames run the old ones.
+- `eager fp32`: plain eager fp32 (`fast_path=False`) with the current reference ops
+  (memory read in query chunks summing each query's k values; local attention as two
+  matrix products per tile of rows).
+- one row per fast-path route alone on top of `eager fp32`: `fold BN`, `share inputs`,
+  `channels-last`, `bf16` (`remn.inference.fast_path.FastPathSettings`);
+- `fast path (default)`: what `Segmenter` runs on a CPU by default (fp32);
+- `fast path + bf16`: the same with bf16 encoders and decoder (InferenceConfig.precision
+  "bf16").
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from contextlib import contextmanager
+from unittest import mock
+
+import torch
+
+import remn
+from common import progress
+from remn import reference
+from remn.data.synthetic import make_clip
+from remn.inference import Segmenter, resolve_inference_config
+from remn.inference.fast_path import FastPathSettings, cpu_has_native_bf16
+
+MEMORY_FRAMES = 5
+NO_ROUTE = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16=False)
+ROUTES = {
+    "fold BN": FastPathSettings(fold_batchnorm=True, share_inputs=False, channels_last=False, bf16=False),
+    "share inputs": FastPathSettings(fold_batchnorm=False, share_inputs=True, channels_last=False, bf16=False),
+    "channels-last": FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=True, bf16=False),
+    "bf16": FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16=True),
+}
+BASELINE = "eager fp32"
+PRE_ISSUE = "eager fp32, ops before #17"
+DEFAULT = "fast path (default)"
+DEFAULT_BF16 = "fast path + bf16"
+
+
+def dense_memory_read(query_key, memory_key, memory_value, key_bias=None, *, scale=None, top_k=None):
+    """The reference memory read as it was before issue 17: logits [B, M, N] at once, top-k
+    by masking them, then a dense product with the (mostly zero) softmax."""
+    with torch.autocast(device_type=query_key.device.type, enabled=False):
+        scale = 1.0 / math.sqrt(memory_key.shape[1]) if scale is None else scale
+        keys = memory_key.float()
+        logits = scale * (2.0 * torch.einsum("bcm,bcn->bmn", keys, query_key.float())
+                          - reference.key_square_norms(keys)[:, :, None])  # [B, M, N]
+        if key_bias is not None:
+            logits = logits + key_bias.float()[:, :, None]
+        if top_k is not None and top_k < memory_key.shape[2]:
+            logits = logits.masked_fill(~reference.top_k_mask(logits, top_k), float("-inf"))
+        probs = reference._safe_softmax(logits, dim=1)  # [B, M, N]
+        return torch.einsum("bocm,bmn->bocn", memory_value.float(), probs).to(memory_value.dtype)  # [B, O, Cv, N]
+
+
+def shifted_local_attention(query_key, key, value, radius, key_bias=None, *, scale=None):
+    """The reference local attention as it was before issue 17: one elementwise pass per
+    window offset, (2r+1)² of them, over zero-padded keys and values."""
+    with torch.autocast(device_type=query_key.device.type, enabled=False):
+        batch, key_dim, height, width = query_key.shape
+        num_objects, value_dim = value.shape[1:3]
+        scale = 1.0 / math.sqrt(key_dim) if scale is None else scale
+        pad = (radius,) * 4
+        query = query_key.float()
+        keys_padded = torch.nn.functional.pad(key.float(), pad)  # [B, Ck, H+2r, W+2r]
+        values_padded = torch.nn.functional.pad(value.float(), pad)  # [B, O, Cv, H+2r, W+2r]
+        inside = torch.nn.functional.pad(query.new_ones(height, width), pad)  # [H+2r, W+2r]
+        bias = query.new_zeros(batch, num_objects, height, width)
+        if key_bias is not None:
+            bias = bias + key_bias.float()
+        bias_padded = torch.nn.functional.pad(bias, pad)  # [B, O, H+2r, W+2r]
+        offsets = [(dy, dx) for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
+        window_logits = []
+        for dy, dx in offsets:
+            shifted_key = keys_padded[:, :, dy:dy + height, dx:dx + width]  # [B, Ck, H, W]
+            affinity = scale * (2.0 * (query * shifted_key).sum(1) - shifted_key.pow(2).sum(1))  # [B, H, W]
+            logit = affinity[:, None] + bias_padded[:, :, dy:dy + height, dx:dx + width]  # [B, O, H, W]
+            window_logits.append(logit.masked_fill(inside[dy:dy + height, dx:dx + width] == 0, float("-inf")))
+        weights = reference._safe_softmax(torch.stack(window_logits, dim=2), dim=2)  # [B, O, K, H, W]
+        out = value.new_zeros((batch, num_objects, value_dim, height, width), dtype=torch.float32)
+        for index, (dy, dx) in enumerate(offsets):
+            out = out + weights[:, :, index, None] * values_padded[..., dy:dy + height, dx:dx + width]
+        return out.to(value.dtype)
+
+
+@contextmanager
+def pre_issue_ops():
+    """Route remn.ops' reference calls to the pre-issue-17 ops; fails if they were not called."""
+    with mock.patch.object(reference, "memory_read", side_effect=dense_memory_read) as read, \
+            mock.patch.object(reference, "local_attention", side_effect=shifted_local_attention) as local:
+        yield
+    if not (read.called and local.called):
+        raise RuntimeError("the pre-issue ops were not reached: remn.ops no longer calls remn.reference by attribute")
+
+
+def variants() -> dict[str, FastPathSettings | bool]:
+    """name → the Segmenter's fast_path argument."""
+    rows = {PRE_ISSUE: False, BASELINE: False}
+    rows.update(ROUTES)
+    rows[DEFAULT] = None
+    rows[DEFAULT_BF16] = FastPathSettings(bf16=True)
+    return rows
+
+
+def settings(quick: bool):
+    """(model preset, (H, W), object counts, timed rounds)."""
+    if quick:
+        return "tiny", (64, 96), (1, 2), 2
+    return "remn", (480, 864), (1, 2, 4), 3
+
+
+def run(device: torch.device, quick: bool, repeats: int | None = None, threads: int = 2) -> dict:
+    if device.type != "cpu":
+        return {"skipped": f"the CPU section runs on a CPU, not {device}"}
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(quick, repeats, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(quick: bool, repeats: int | None, threads: int) -> dict:
+    preset, (height, width), object_counts, rounds = settings(quick)
+    rounds = repeats or rounds
+    torch.manual_seed(0)
+    model = remn.build_model(config=preset, device="cpu")
+    inference = resolve_inference_config(preset, size=None, update="every", mem_every=1, capacity=MEMORY_FRAMES)
+    rows = []
+    for objects in object_counts:
+        frames, masks = make_clip(seed=7, num_frames=MEMORY_FRAMES + rounds, height=height, width=width,
+                                  num_objects=objects)
+        segmenters, prepare_seconds = {}, {}
+        for name, fast_path in variants().items():
+            started = time.perf_counter()
+            segmenters[name] = Segmenter(model, inference, fast_path=fast_path)
+            prepare_seconds[name] = time.perf_counter() - started
+        times = {name: [] for name in segmenters}
+        agree = {name: [] for name in segmenters}
+        for index in progress(range(MEMORY_FRAMES + rounds), f"cpu, {objects} objects"):
+            timed = index >= MEMORY_FRAMES
+            mask = masks[0] if index == 0 else None
+            labels = {}
+            for name, segmenter in segmenters.items():
+                old_ops = pre_issue_ops() if timed and name == PRE_ISSUE else contextlib.nullcontext()
+                with old_ops:
+                    started = time.perf_counter()
+                    result = segmenter.step(frames[index], mask)
+                    elapsed = time.perf_counter() - started
+                labels[name] = result.labels
+                if timed:
+                    times[name].append(elapsed * 1e3)
+            if timed:
+                for name in segmenters:
+                    agree[name].append((labels[name] == labels[BASELINE]).double().mean().item())
+        for name, segmenter in segmenters.items():
+            report = segmenter.report()
+            rows.append({
+                "variant": name, "objects": objects, "size": f"{width}x{height}", "memory_frames": report.memory_frames,
+                "ms_per_frame": statistics.median(times[name]), "ms_samples": times[name],
+                "labels_identical_pct": 100.0 * statistics.fmean(agree[name]),
+                "labels_identical_worst_frame_pct": 100.0 * min(agree[name]), "prepare_s": prepare_seconds[name],
+            })
+        base = next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == BASELINE)
+        pre = next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == PRE_ISSUE)
+        for row in rows:
+            if row["objects"] == objects:
+                row["x_eager"] = row["ms_per_frame"] / base
+                row["x_pre_issue"] = row["ms_per_frame"] / pre
+    return {
+        "model": preset, "threads": threads, "rounds": rounds, "top_k": inference.top_k,
+        "native_bf16": cpu_has_native_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "rows": rows,
+    }

@@ -1,0 +1,284 @@
+"""The fast CPU inference path: a prepared copy of a REMN that computes the same function faster.
+
+`prepare_fast_model(model, FastPathSettings())` returns a `FastREMN` holding the model's
+weights (the caller's model is left untouched, so training can go on with it). Routes,
+each a field of `FastPathSettings`:
+
+- `fold_batchnorm`: every eval-mode BatchNorm after a convolution is folded into it
+  (w' = w·γ/σ, b' = (b − μ)·γ/σ + β, `torch.nn.utils.fusion.fuse_conv_bn_eval`); exact up
+  to rounding.
+- `share_inputs`: what is the same for every object is computed once per frame instead
+  of once per object. A convolution is linear in its input channels, so over
+  [per-object x_o, shared s] it splits as conv(x_o; W_x) + conv(s; W_s) + b, with the
+  shared half run on the frame's batch and broadcast over objects: the value encoder's
+  image channels (stem) and key-f16 channels (fuser), the decoder's key_comp channels
+  (compress) and its two skip convolutions of f8 and f4. Exact up to rounding; it saves
+  ≈ 40 % of the decoder's work per extra object at 480p.
+- `channels_last`: weights and activations in NHWC, the layout oneDNN's convolutions
+  take natively.
+- `bf16`: the encoders and the decoder under `torch.autocast("cpu", torch.bfloat16)`;
+  the memory read, local attention and gate stay fp32 (the reference ops switch autocast
+  off). None (the default) follows `InferenceConfig.precision`: on for "bf16", off for
+  "fp32" and "auto" ("auto" is fp32 on the CPU, `remn.precision`). It pays where the
+  processor has native bf16 dot products (`cpu_has_native_bf16`: AVX512-BF16 or AMX, as
+  torch reports them); elsewhere oneDNN emulates it.
+
+What pays and by how much is measured by `bench/bench_cpu.py` (`python bench/run.py
+--sections cpu`); the README's CPU section has the table. `torch.compile` is not a route:
+see that section for why.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from remn.model.modules import ResBlock, UpsampleBlock
+from remn.model.network import REMN, FrameFeatures, repeat_per_object
+from remn.model.resnet import BasicBlock, Bottleneck, ResNetStem
+from remn.precision import check_precision
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when torch reports bf16 dot-product instructions on this CPU (AVX512-BF16 or AMX
+    tiles), so oneDNN runs bf16 convolutions natively rather than by emulation."""
+    if torch.backends.cpu.get_cpu_capability() != "AVX512" or not torch.backends.mkldnn.is_available():
+        return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+@dataclass(frozen=True)
+class FastPathSettings:
+    """Which routes the fast path takes (each is measured alone in bench/bench_cpu.py)."""
+
+    fold_batchnorm: bool = True
+    share_inputs: bool = True
+    channels_last: bool = True
+    bf16: bool | None = None  # None: as InferenceConfig.precision says ("bf16": on)
+
+    def __post_init__(self):
+        for name in ("fold_batchnorm", "share_inputs", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"FastPathSettings.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.bf16 is not None and not isinstance(self.bf16, bool):
+            raise ValueError(f"FastPathSettings.bf16 must be a bool or None (automatic), got {self.bf16!r}")
+
+    def resolved_bf16(self, precision: str = "fp32") -> bool:
+        """bf16 on or off for a config's `precision` (`remn.precision`)."""
+        check_precision(precision, "precision")
+        return precision == "bf16" if self.bf16 is None else self.bf16
+
+
+def sensible_threads() -> int:
+    """The intra-op threads to use: torch's default (one per physical core), capped at the
+    CPUs this process may run on (a container's CPU set is often smaller than the machine,
+    and oversubscribed OpenMP threads spin against each other)."""
+    return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))))
+
+
+def fold_batchnorm(module: nn.Module) -> None:
+    """In place: fold each BatchNorm of the ResNet blocks and stems into the convolution
+    it follows (their forwards apply `bnN(convN(·))` and `downsample = (conv, bn)`) and
+    replace it by an identity. The module must be in eval mode (running statistics)."""
+    if module.training:
+        raise ValueError("fold_batchnorm needs a module in eval mode: training BatchNorm uses batch statistics")
+    for block in module.modules():
+        pairs = []
+        if isinstance(block, (Bottleneck, BasicBlock)):
+            pairs = [(f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"bn{i}")]
+            if block.downsample is not None and isinstance(block.downsample[1], nn.BatchNorm2d):
+                block.downsample[0] = fuse_conv_bn_eval(block.downsample[0], block.downsample[1])
+                block.downsample[1] = nn.Identity()
+        elif isinstance(block, ResNetStem):
+            pairs = [("conv1", "bn1")]
+        for conv_name, bn_name in pairs:
+            bn = getattr(block, bn_name)
+            if isinstance(bn, nn.BatchNorm2d):
+                setattr(block, conv_name, fuse_conv_bn_eval(getattr(block, conv_name), bn))
+                setattr(block, bn_name, nn.Identity())
+
+
+def _split_conv(conv: nn.Conv2d, first: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """conv over cat[a (its first `first` input channels), b] → (conv_a, conv_b), the bias
+    on conv_b: conv(cat[a, b]) = conv_a(a) + conv_b(b)."""
+    parts = []
+    for weight, bias in ((conv.weight[:, :first], None), (conv.weight[:, first:], conv.bias)):
+        with torch.device("meta"):  # no random init: the weights are the slices
+            part = nn.Conv2d(weight.shape[1], conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                             conv.dilation, bias=bias is not None)
+        part.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+        if bias is not None:
+            part.bias = nn.Parameter(bias.clone(), requires_grad=False)
+        parts.append(part)
+    return parts[0], parts[1]
+
+
+def _add_per_object(per_object: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """per_object [B·O, C, H, W] + shared [B, C, H, W] (each frame's, broadcast over its objects) → [B·O, C, H, W]."""
+    return (per_object.unflatten(0, (shared.shape[0], -1)) + shared[:, None]).flatten(0, 1)
+
+
+class SplitConv(nn.Module):
+    """A convolution over input channels [shared s, per-object x_o] (that order) as two:
+    conv(cat[s, x_o]) = conv_s(s) + conv_x(x_o), conv_s run once per frame."""
+
+    def __init__(self, conv: nn.Conv2d, shared_channels: int):
+        super().__init__()
+        self.shared, self.per_object = _split_conv(conv, shared_channels)
+
+    def forward(self, per_object: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """per_object [B·O, Cx, H, W], shared [B, Cs, H, W] → [B·O, Cout, H', W']."""
+        return _add_per_object(self.per_object(per_object), self.shared(shared))
+
+
+class SplitResBlock(nn.Module):
+    """A `ResBlock` over cat[x_o (per object), s (shared)] with its input convolutions split:
+    x' = conv2(relu(conv1_x(relu x_o) + conv1_s(relu s))) + down_x(x_o) + down_s(s)."""
+
+    def __init__(self, block: ResBlock, per_object_channels: int):
+        super().__init__()
+        if block.downsample is None:
+            raise ValueError("SplitResBlock needs a ResBlock that changes its channels (with a downsample convolution)")
+        self.conv1_x, self.conv1_s = _split_conv(block.conv1, per_object_channels)
+        self.down_x, self.down_s = _split_conv(block.downsample, per_object_channels)
+        self.conv2 = block.conv2
+
+    def forward(self, per_object: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """per_object [B·O, Cx, H, W], shared [B, Cs, H, W] → [B·O, Cout, H, W]."""
+        hidden = _add_per_object(self.conv1_x(F.relu(per_object)), self.conv1_s(F.relu(shared)))
+        return _add_per_object(self.down_x(per_object), self.down_s(shared)) + self.conv2(F.relu(hidden))
+
+
+def _upsample_shared_skip(block: UpsampleBlock, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """`UpsampleBlock` with its skip convolution once per frame: skip [B, Cs, 2h, 2w] (the
+    frame's), up [B·O, Cu, h, w] → out_conv(skip_conv(skip) + ×2 bilinear(up)) [B·O, C, 2h, 2w]."""
+    up = F.interpolate(up, scale_factor=2, mode="bilinear", align_corners=False)
+    return block.out_conv(_add_per_object(up, block.skip_conv(skip)))
+
+
+class FastREMN(REMN):
+    """A REMN prepared for inference by `prepare_fast_model`: the same step API and function.
+
+    Its encoders and decoder run under bf16 autocast when `bf16` is set (their outputs are
+    handed on in fp32, so memory, local attention, the gate and the read are fp32 as in the
+    plain model); with `split_shared_inputs()` applied, encode_value and decode compute
+    each frame's shared inputs once for all its objects.
+    """
+
+    def __init__(self, config, fused: bool = True, bf16: bool = False):
+        super().__init__(config, fused=fused)
+        self.bf16 = bf16
+        self.shares_inputs = False
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def split_shared_inputs(self) -> None:
+        """Replace the value encoder's stem and fuser input block and the decoder's compress
+        block by their split forms (`SplitConv`, `SplitResBlock`); encode_value and decode
+        then take the split route. The replaced modules' forwards are no longer called."""
+        encoder = self.value_encoder
+        value_channels = encoder.layer3[-1].conv2.out_channels  # the value trunk's f16 width
+        encoder.conv1 = SplitConv(encoder.conv1, 3)  # input [RGB (the frame's), mask, other masks]
+        encoder.fuser.block1 = SplitResBlock(encoder.fuser.block1, value_channels)  # [values, key f16]
+        self.decoder.compress = SplitResBlock(self.decoder.compress, self.config.value_dim)  # [readout, key_comp]
+        self.shares_inputs = True
+
+    def encode_key(self, frames: torch.Tensor) -> FrameFeatures:
+        with self._autocast():
+            features = super().encode_key(frames)
+        if not self.bf16:
+            return features
+        tensors = {name: getattr(features, name).float() for name in ("image", "key", "key_comp", "f16", "f8", "f4")}
+        return FrameFeatures(**tensors, padding=features.padding, size=features.size)
+
+    def encode_value(self, features: FrameFeatures, masks: torch.Tensor) -> torch.Tensor:
+        """As `REMN.encode_value`: masks [B, O, H, W] or [B, O, Hp, Wp] → values [B, O, Cv, h, w]."""
+        if not self.shares_inputs:
+            with self._autocast():
+                return super().encode_value(features, masks).float()
+        self._check_masks("masks", masks, features)
+        batch, num_objects = masks.shape[:2]
+        masks = self._padded(masks, features).to(features.image.dtype)  # [B, O, Hp, Wp]
+        others = masks.sum(dim=1, keepdim=True) - masks  # [B, O, Hp, Wp]
+        encoder = self.value_encoder
+        with self._autocast():
+            pairs = torch.stack([masks, others], dim=2).flatten(0, 1)  # [B·O, 2, Hp, Wp]
+            x = encoder.conv1(pairs, features.image)  # [B·O, w, Hp/2, Wp/2]
+            x = encoder.layer3(encoder.layer2(encoder.layer1(encoder.maxpool(encoder.relu(encoder.bn1(x))))))
+            fuser = encoder.fuser
+            x = fuser.block1(x, features.f16)  # [B·O, Cv, h, w]
+            values = fuser.block2(x + fuser.attention(x))
+        return values.float().view(batch, num_objects, *values.shape[1:])
+
+    def decode(self, features: FrameFeatures, readout: torch.Tensor) -> torch.Tensor:
+        """As `REMN.decode`: readout [B, O, Cv, h, w] → per-object logits [B, O, Hp, Wp]."""
+        if not self.shares_inputs:
+            with self._autocast():
+                return super().decode(features, readout).float()
+        batch, num_objects = readout.shape[:2]
+        decoder = self.decoder
+        with self._autocast():
+            x = decoder.compress(readout.flatten(0, 1), features.key_comp)  # [B·O, Cv, h, w]
+            x = _upsample_shared_skip(decoder.up_16_8, features.f8, x)  # [B·O, D0, 2h, 2w]
+            x = _upsample_shared_skip(decoder.up_8_4, features.f4, x)  # [B·O, D1, 4h, 4w]
+            x = decoder.pred(F.relu(x))  # [B·O, 1, 4h, 4w]
+            logits = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)  # [B·O, 1, Hp, Wp]
+        return logits.float().view(batch, num_objects, *logits.shape[-2:])
+
+
+def prepare_fast_model(model: REMN, settings: FastPathSettings | None = None, precision: str = "fp32") -> FastREMN:
+    """A FastREMN with `model`'s weights, on its device, in eval mode, with the routes of
+    `settings` (default: all; bf16 as `precision` says). `model` is not changed."""
+    settings = FastPathSettings() if settings is None else settings
+    if not isinstance(model, REMN):
+        raise TypeError(f"prepare_fast_model needs a REMN (remn.build_model), got {type(model).__name__}")
+    if model.training:
+        raise ValueError("prepare_fast_model needs the model in eval mode (call model.eval())")
+    parameter = next(model.parameters())
+    on_cpu = parameter.device.type == "cpu"
+    if settings.bf16 and not on_cpu:
+        raise ValueError(f"FastPathSettings.bf16 is the CPU's autocast; on {parameter.device} use InferenceConfig.precision")
+    bf16 = on_cpu and settings.resolved_bf16(precision)  # off the CPU the Segmenter's autocast applies `precision`
+    with torch.device("meta"):  # no storage and no random init: the weights come from `model`
+        fast = FastREMN(model.config, fused=model.fused, bf16=bf16)
+    fast.load_state_dict({name: tensor.clone() for name, tensor in model.state_dict().items()}, assign=True)
+    for name, buffer in model.named_buffers():  # the non-persistent ones (pixel statistics) are not in the state dict
+        owner, _, attribute = name.rpartition(".")
+        if fast.get_buffer(name).is_meta:
+            setattr(fast.get_submodule(owner), attribute, buffer.clone())
+    fast = fast.eval().requires_grad_(False)
+    if settings.fold_batchnorm:
+        fold_batchnorm(fast)
+    if settings.share_inputs:
+        fast.split_shared_inputs()
+    if settings.channels_last:  # 2-D convolutions only (RDE's compressor holds 3-D ones)
+        for module in fast.modules():
+            if isinstance(module, nn.Conv2d):
+                module.to(memory_format=torch.channels_last)
+    return fast
+
+
+def inference_model(model: REMN, fast_path: FastPathSettings | bool | None = None, precision: str = "fp32") -> REMN:
+    """The model a `Segmenter` runs; `precision` is its InferenceConfig's.
+
+    fast_path None (the default): on a CPU, `prepare_fast_model(model)` with the default
+    settings; on another device `model` itself (the routes are not yet measured on a GPU).
+    True: the default settings on any device (off the CPU bf16 stays off: there the
+    Segmenter's own autocast applies `precision`). A FastPathSettings: those settings.
+    False: `model` itself. A model already prepared is returned as it is.
+    """
+    if fast_path is not None and not isinstance(fast_path, (bool, FastPathSettings)):
+        raise ValueError(f"fast_path must be None, a bool or a FastPathSettings, got {fast_path!r}")
+    if fast_path is False or isinstance(model, FastREMN):
+        return model
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if fast_path is None and not on_cpu:
+        return model
+    settings = fast_path if isinstance(fast_path, FastPathSettings) else FastPathSettings()
+    return prepare_fast_model(model, settings, precision)

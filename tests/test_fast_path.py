@@ -1,0 +1,165 @@
+"""The fast CPU path computes what the plain model computes; the chunked ops equal one chunk."""
+import dataclasses
+
+import pytest
+import torch
+
+import remn
+from remn import reference
+from remn.data.synthetic import make_clip
+from remn.inference import Segmenter, resolve_inference_config
+from remn.inference.fast_path import (
+    FastPathSettings, FastREMN, cpu_has_native_bf16, fold_batchnorm, inference_model, prepare_fast_model,
+)
+
+HEIGHT, WIDTH = 56, 72  # a padded band on both axes (not multiples of 16)
+ALL_OFF = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16=False)
+ROUTES = {
+    "fold": dataclasses.replace(ALL_OFF, fold_batchnorm=True),
+    "share": dataclasses.replace(ALL_OFF, share_inputs=True),
+    "channels_last": dataclasses.replace(ALL_OFF, channels_last=True),
+    "fp32 default": FastPathSettings(bf16=False),
+}
+MODELS = {
+    "tiny": {},
+    "tiny-rde": {"memory": "rde", "gate": False, "local_attention": False},
+}
+
+
+def random_statistics(model):
+    """BatchNorm statistics and affine weights away from their identity start, so folding them matters."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return {name: random_statistics(remn.build_model(config="tiny", device="cpu", **overrides))
+            for name, overrides in MODELS.items()}
+
+
+def one_step(model, num_objects, autocast=False):
+    """encode_key, encode_value and a segment with T = 2 memory frames and the previous frame:
+    → (key [1, Ck, h, w], values [1, O, Cv, h, w], logits [1, O+1, Hp, Wp])."""
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 3, HEIGHT, WIDTH, generator=generator)
+    probs = torch.rand(1, num_objects, HEIGHT, WIDTH, generator=generator)
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    with torch.inference_mode(), context:
+        features = model.encode_key(image)
+        values = model.encode_value(features, probs)
+        memory_key = torch.stack([features.key, features.key.flip(-1)], dim=2)  # [1, Ck, 2, h, w]
+        memory_value = torch.stack([values, values.flip(-1)], dim=3)  # [1, O, Cv, 2, h, w]
+        output = model.segment(features, memory_key, memory_value, previous=(features, probs), top_k=8)
+    return features.key.float(), values.float(), output.padded_logits.float()
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("num_objects", [1, 3])
+def test_each_fp32_route_computes_the_plain_model(models, route, model_name, num_objects):
+    model = models[model_name]
+    fast = prepare_fast_model(model, ROUTES[route])
+    for got, want in zip(one_step(fast, num_objects), one_step(model, num_objects)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_bf16_route_errs_no_more_than_torch_autocast(models):
+    """bf16 encoders and decoder: their error against fp32 stays within 2× that of the plain
+    model under torch's own bf16 autocast (plus a rounding floor)."""
+    model = models["tiny"]
+    fp32 = one_step(model, 2)
+    autocast = one_step(model, 2, autocast=True)
+    fast = one_step(prepare_fast_model(model, FastPathSettings(bf16=True)), 2)
+    for got, torch_bf16, want in zip(fast, autocast, fp32):
+        scale = want.abs().max().item()
+        assert (got - want).abs().max().item() <= 2 * (torch_bf16 - want).abs().max().item() + 1e-2 * scale
+
+
+def test_preparing_leaves_the_model_and_the_random_stream_alone(models):
+    model = models["tiny"]
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    state = torch.random.get_rng_state()
+    fast = prepare_fast_model(model)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert isinstance(fast, FastREMN) and fast is not model
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # all folded
+    assert not any(p.requires_grad for p in fast.parameters())
+    conv = fast.key_encoder.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bad_input_is_refused(models):
+    model = models["tiny"]
+    with pytest.raises(TypeError, match="needs a REMN"):
+        prepare_fast_model(torch.nn.Conv2d(1, 1, 1))
+    with pytest.raises(ValueError, match="eval mode"):
+        prepare_fast_model(model.train())
+    model.eval()
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1)).train())
+    with pytest.raises(ValueError, match="channels_last must be a bool"):
+        FastPathSettings(channels_last=1)
+    with pytest.raises(ValueError, match="bf16 must be a bool or None"):
+        FastPathSettings(bf16="yes")
+    with pytest.raises(ValueError, match="fast_path must be"):
+        inference_model(model, "on")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        FastPathSettings().resolved_bf16("int8")
+
+
+def test_bf16_follows_the_precision_unless_set():
+    assert FastPathSettings().resolved_bf16("bf16") and not FastPathSettings().resolved_bf16("fp32")
+    assert not FastPathSettings().resolved_bf16("auto")  # "auto" is fp32 on the CPU (remn.precision)
+    assert FastPathSettings(bf16=True).resolved_bf16("fp32")
+    assert cpu_has_native_bf16() == (torch.backends.cpu.get_cpu_capability() == "AVX512" and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+
+
+def test_segmenter_runs_the_fast_path_on_cpu_by_default_with_the_same_labels(models):
+    model = models["tiny"]
+    frames, masks = make_clip(seed=4, num_frames=5, height=HEIGHT, width=WIDTH, num_objects=2)
+    config = resolve_inference_config("tiny", size=None)
+    default, plain = Segmenter(model, config), Segmenter(model, config, fast_path=False)
+    assert isinstance(default.model, FastREMN) and not default.model.bf16
+    assert plain.model is model
+    assert Segmenter(model, resolve_inference_config(config, precision="bf16")).model.bf16
+    for index, frame in enumerate(frames):
+        mask = masks[0] if index == 0 else None
+        fast_result, plain_result = default.step(frame, mask), plain.step(frame, mask)
+        assert (fast_result.labels == plain_result.labels).double().mean() >= 0.999
+        torch.testing.assert_close(fast_result.probs, plain_result.probs, rtol=0, atol=1e-4)
+    assert default.report().memorised == plain.report().memorised
+
+
+@pytest.mark.parametrize("top_k", [None, 3, 40])
+def test_memory_read_in_many_chunks_equals_one_chunk(monkeypatch, top_k):
+    """Chunks of a few queries (tails included) read what one chunk reads, ties and −inf keys too."""
+    query_key = torch.randint(-2, 3, (2, 4, 37)).float()
+    memory_key = torch.randint(-2, 3, (2, 4, 29)).float()  # integer keys: exact, tied logits
+    memory_value = torch.randn(2, 3, 5, 29)
+    key_bias = torch.zeros(2, 29)
+    key_bias[1, ::3] = float("-inf")
+    whole = reference.memory_read(query_key, memory_key, memory_value, key_bias, top_k=top_k)
+    monkeypatch.setattr(reference, "MEMORY_READ_CHUNK_ELEMENTS", 2 * 29 * 7)  # 7 queries per chunk
+    chunked = reference.memory_read(query_key, memory_key, memory_value, key_bias, top_k=top_k)
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("radius", [1, 3])
+def test_local_attention_in_row_tiles_equals_one_tile(monkeypatch, radius):
+    query_key, key = torch.randn(2, 6, 11, 9), torch.randn(2, 6, 11, 9)
+    value, key_bias = torch.randn(2, 3, 4, 11, 9), torch.randn(2, 3, 11, 9)
+    whole = reference.local_attention(query_key, key, value, radius, key_bias)
+    monkeypatch.setattr(reference, "LOCAL_ATTENTION_TILE_ELEMENTS", 1)  # one query row per tile
+    tiled = reference.local_attention(query_key, key, value, radius, key_bias)
+    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
+
