@@ -27,7 +27,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-benchmark>=4"],
+        "dev": ["pytest>=7", "pytest-benchmark>=4", "av>=11"],
+        "video": ["av>=11"],  # `remn segment video.mp4`: PyAV decodes the file, frames stream
         "bench": ["nvidia-ml-py>=12", "matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["remn = remn.cli:main"]},

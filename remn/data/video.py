@@ -3,11 +3,14 @@
     FRAMES   a folder of frames (any of `FRAME_SUFFIXES`, in name order; results are named
              like them) or a video file, decoded with PyAV or imageio when one of them is
              importable (frames named 00000, 00001, ...)
-    MASK     the first frame's annotation PNG, or a folder of annotation PNGs named like the
-             frames: objects that first appear on later frames start there
+    MASK     the first frame's annotation PNG (or, with `mask_frame`, that frame's), or a
+             folder of annotation PNGs named like the frames: objects that first appear
+             on later frames start there
 
-Frames load lazily, one at a time. Every annotation starts objects with the ids in it
-(`ObjectStart.object_ids` None); the first frame must be annotated.
+Frames load lazily, one at a time, and a video file's frames stream from the decoder
+(`pip install remn[video]` brings PyAV). Every annotation starts objects with the ids in
+it (`ObjectStart.object_ids` None); the first frame must be annotated unless
+`first_annotated=False` (propagation both ways, `remn.inference.bidirectional`).
 """
 from __future__ import annotations
 
@@ -31,16 +34,21 @@ def video_backend() -> str | None:
     return None
 
 
-def open_video(frames: str | os.PathLike, annotations: str | os.PathLike) -> Sequence:
+def open_video(frames: str | os.PathLike, annotations: str | os.PathLike, mask_frame: int | str | None = None,
+               first_annotated: bool = True) -> Sequence:
     """A folder of frames (a `FileSequence`) or a video file (a `VideoFileSequence`) with
-    its annotations: one PNG for the first frame, or a folder of PNGs named like the frames."""
+    its annotations: one PNG for the first frame (or for frame `mask_frame`, its index or
+    its name), or a folder of PNGs named like the frames. first_annotated: the first frame
+    must have an annotation (forward-only propagation starts there)."""
     frames = Path(frames)
+    if mask_frame is not None and Path(annotations).is_dir():
+        raise ValueError("mask_frame names the frame of a single annotation PNG; a folder's PNGs are named like their frames")
     if frames.is_dir():
-        return _frame_folder(frames, Path(annotations))
+        return _frame_folder(frames, Path(annotations), mask_frame, first_annotated)
     if frames.is_file():
         if frames.suffix.lower() in FRAME_SUFFIXES:
             raise ValueError(f"{frames} is a single image; pass the folder that holds the video's frames")
-        return VideoFileSequence(frames, annotations)
+        return VideoFileSequence(frames, annotations, mask_frame, first_annotated)
     raise FileNotFoundError(f"input {frames} does not exist (want a folder of frames or a video file)")
 
 
@@ -56,24 +64,37 @@ def _annotation_files(annotations: Path, first_frame: str) -> dict[str, Path]:
     raise FileNotFoundError(f"annotation {annotations} does not exist")
 
 
+def _single_mask_frame(mask_frame: int | str | None, name_of: Callable[[int], str], count: int | None) -> str | None:
+    """The name of the frame a single annotation PNG belongs to (None: the first frame)."""
+    if mask_frame is None:
+        return None
+    if isinstance(mask_frame, int) and not isinstance(mask_frame, bool):
+        if mask_frame < 0 or (count is not None and mask_frame >= count):
+            raise ValueError(f"mask frame {mask_frame} is not a frame index of the video ({count} frames)")
+        return name_of(mask_frame)
+    return str(mask_frame)
+
+
 def _starts(name: str, files: dict[str, Path], index_of: Callable[[str], int | None],
-            first_frame: str) -> dict[int, Path]:
-    """Frame index → annotation file, checked: every file names a frame, the first is annotated."""
+            first_frame: str, first_annotated: bool = True) -> dict[int, Path]:
+    """Frame index → annotation file, checked: every file names a frame, the first is
+    annotated (when `first_annotated`)."""
     unknown = sorted(stem for stem in files if index_of(stem) is None)
     if unknown:
         raise ValueError(f"{name}: annotations {unknown[:5]} name no frame of the video")
-    if first_frame not in files:
+    if first_annotated and first_frame not in files:
         raise ValueError(f"{name}: the first frame {first_frame} has no annotation")
     return dict(sorted((index_of(stem), path) for stem, path in files.items()))
 
 
-def _frame_folder(folder: Path, annotations: Path) -> FileSequence:
+def _frame_folder(folder: Path, annotations: Path, mask_frame=None, first_annotated: bool = True) -> FileSequence:
     frame_paths = list_images(folder)
     if not frame_paths:
         raise FileNotFoundError(f"{folder} holds no frames ({', '.join(FRAME_SUFFIXES)})")
     position = {p.stem: index for index, p in enumerate(frame_paths)}
     first = frame_paths[0].stem
-    by_index = _starts(folder.name, _annotation_files(annotations, first), position.get, first)
+    single = _single_mask_frame(mask_frame, lambda i: frame_paths[i].stem, len(frame_paths)) or first
+    by_index = _starts(folder.name, _annotation_files(annotations, single), position.get, first, first_annotated)
     starts = [ObjectStart(index, frame_paths[index].stem, None, path) for index, path in by_index.items()]
     return FileSequence(folder.name, frame_paths, [by_index.get(i) for i in range(len(frame_paths))], starts)
 
@@ -87,20 +108,22 @@ class VideoFileSequence(Sequence):
 
     frame_names = None
 
-    def __init__(self, path: str | os.PathLike, annotations: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, annotations: str | os.PathLike, mask_frame: int | str | None = None,
+                 first_annotated: bool = True):
         self.path = Path(path)
         self.name = self.path.stem
         self.backend = video_backend()
         if self.backend is None:
-            raise ValueError(f"{self.path} is a video file; reading one needs PyAV (`pip install av`) or imageio "
+            raise ValueError(f"{self.path} is a video file; reading one needs PyAV (`pip install remn[video]`) or imageio "
                              "(`pip install imageio[pyav]`), or pass a folder of frames instead")
         with closing(self._decode()) as decoded:
             first = next(decoded, None)
         if first is None:
             raise ValueError(f"video {self.path} has no frames")
         self.size = first.shape[:2]
-        files = _annotation_files(Path(annotations), self.frame_name(0))
-        self.annotation_paths = _starts(self.name, files, self._index_of, self.frame_name(0))
+        single = _single_mask_frame(mask_frame, self.frame_name, None) or self.frame_name(0)
+        files = _annotation_files(Path(annotations), single)
+        self.annotation_paths = _starts(self.name, files, self._index_of, self.frame_name(0), first_annotated)
         self.starts = tuple(ObjectStart(index, self.frame_name(index), None, path)
                             for index, path in self.annotation_paths.items())
         self.annotated_indices = tuple(self.annotation_paths)

@@ -1,7 +1,9 @@
 """`remn segment`: one video, or a DAVIS / YouTube-VOS split, optionally sharded under torchrun.
 
     remn segment FRAMES_DIR_OR_VIDEO --mask FIRST.png --output OUT_DIR
-    remn segment --davis-root ROOT --set val [--year 2017] --output OUT_DIR
+    remn segment FRAMES_DIR --mask-frame K --mask K.png --output OUT_DIR   # both ways from frame K
+    remn segment FRAMES_DIR --mask MASKS_DIR --both-ways --output OUT_DIR  # every annotation seeds both ways
+    remn segment --davis-root ROOT --set val [--year 2017] --output OUT_DIR [--batch-videos N] [--resume]
     remn segment --youtube-root ROOT --set valid --output OUT_DIR
     torchrun --nproc_per_node N -m remn segment --davis-root ROOT --set val --output OUT_DIR
 
@@ -31,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("input", nargs="?", help="a folder of frames or a video file")
     inputs.add_argument("--mask", help="the first frame's annotation PNG, or a folder of annotation PNGs named like the frames "
                         "(objects first appearing on later frames: only their new ids are taken)")
+    inputs.add_argument("--mask-frame", metavar="K",
+                        help="the frame (index from 0, or name) the --mask PNG annotates; propagates both ways from it")
+    inputs.add_argument("--both-ways", action="store_true",
+                        help="each annotation of a --mask folder seeds its objects forward and backward, on any frames "
+                             "(where runs overlap, each object's nearest annotation wins)")
     inputs.add_argument("--davis-root", help="DAVIS root (JPEGImages/, Annotations/, ImageSets/)")
     inputs.add_argument("--youtube-root", help="YouTube-VOS root (SET/JPEGImages, SET/Annotations, SET/meta.json)")
     inputs.add_argument("--set", dest="split", help="dataset split (DAVIS: val; YouTube-VOS: valid)")
@@ -107,6 +114,8 @@ def _plan(args):
         raise ValueError(f"give either an input video or {datasets[0]}, not both")
     if args.davis_root:
         return runner.davis_jobs(args.davis_root, args.split or "val", args.year, args.output, args.sequences, args.overlay)
+    if datasets and (args.mask_frame is not None or args.both_ways):
+        raise ValueError("--mask-frame and --both-ways apply to one video; dataset runs keep their first-frame protocol")
     if args.youtube_root:
         return runner.youtube_jobs(args.youtube_root, args.split or "valid", args.output, args.sequences, args.overlay)
     if not args.input:
@@ -115,7 +124,10 @@ def _plan(args):
         raise ValueError("one video needs --mask with its first frame's annotation")
     if args.sequences:
         raise ValueError("--sequences selects sequences of a dataset; it does not apply to one video")
-    return [runner.single_video_job(args.input, args.mask, args.output, args.overlay)]
+    mask_frame = args.mask_frame
+    if mask_frame is not None and mask_frame.isdigit():
+        mask_frame = int(mask_frame)  # an index; else a frame name
+    return [runner.single_video_job(args.input, args.mask, args.output, args.overlay, mask_frame, args.both_ways)]
 
 
 def run(args) -> int:

@@ -53,6 +53,7 @@ from remn.data.video import open_video
 from remn.data.youtube import YouTubeVOSDataset
 from remn.distributed import DistributedContext, init_distributed  # noqa: F401 (remn.inference.cli calls it here)
 from remn.inference.batch import BatchSegmenter, FrameInput, VideoStepError
+from remn.inference.bidirectional import BothWaysSegmenter
 from remn.inference.host import HostCopy
 from remn.inference.pipeline import BackgroundWriter, Prefetcher
 from remn.inference.segmenter import Segmenter, VideoReport
@@ -70,6 +71,7 @@ class VideoJob:
     output: Path  # folder for NAME.png per frame
     overlay_output: Path | None = None  # folder for overlay JPEGs, or None
     palette: np.ndarray | None = field(default=None, repr=False)  # the results' colours, set by `check`
+    both_ways: bool = False  # every annotation seeds its objects forward and backward (`remn.inference.bidirectional`)
 
     @property
     def name(self) -> str:
@@ -107,12 +109,21 @@ class VideoJob:
 
 # ----------------------------------------------------------------------------- planning
 def single_video_job(frames: str | os.PathLike, mask: str | os.PathLike, output: str | os.PathLike,
-                     overlay: bool = False) -> VideoJob:
+                     overlay: bool = False, mask_frame: int | str | None = None, both_ways: bool = False) -> VideoJob:
     """One video: a frame folder or a video file; `mask` the first frame's annotation PNG, or
     a folder of annotation PNGs named like the frames, for objects that first appear on later
-    frames (from a later annotation only the ids not tracked yet are taken)."""
+    frames (from a later annotation only the ids not tracked yet are taken).
+
+    both_ways (implied by `mask_frame`, the frame index or name `mask` annotates): every
+    annotation seeds its objects both ways, on any frames (`remn.inference.bidirectional`);
+    that needs a folder of frames (frames are read in both directions)."""
     output = Path(output)
-    return VideoJob(open_video(frames, mask), output, output / OVERLAY_FOLDER if overlay else None)
+    both_ways = both_ways or mask_frame is not None
+    sequence = open_video(frames, mask, mask_frame, first_annotated=not both_ways)
+    if both_ways and sequence.frame_names is None:
+        raise ValueError(f"{frames}: propagating both ways reads frames backward, which a video file cannot do "
+                         "frame by frame; extract its frames into a folder (e.g. ffmpeg -i VIDEO DIR/%05d.png)")
+    return VideoJob(sequence, output, output / OVERLAY_FOLDER if overlay else None, both_ways=both_ways)
 
 
 def sequence_jobs(dataset: SequenceCollection, output, sequences: list[str] | None = None,
@@ -226,7 +237,44 @@ def run_video(segmenter: Segmenter, job: VideoJob, progress: bool = True) -> Vid
     return report
 
 
-def _write_results(job: VideoJob, name: str, frame: np.ndarray, labels: HostCopy) -> None:
+def run_both_ways(engine: BothWaysSegmenter, job: VideoJob, progress: bool = True) -> VideoReport:
+    """Segment one planned (and checked) job from all its annotations both ways; writes one
+    PNG per frame, atomically. Its report sums the runs' (frames: the video's)."""
+    started = time.perf_counter()
+    if job.palette is None:
+        job.check(overwrite=True)
+    sequence = job.sequence
+    annotations = {}
+    for start in sequence.starts:
+        annotations[start.frame_index] = mask = start.load_mask()
+        if mask.shape != tuple(sequence.size):
+            raise ValueError(f"{job.name}: annotation {start.annotation_path} is {mask.shape[0]}x{mask.shape[1]} but the "
+                             f"frames are {sequence.size[0]}x{sequence.size[1]} (HxW)")
+        if not mask.any():
+            raise ValueError(f"{job.name}: annotation {start.annotation_path} is empty (no object pixel)")
+    bar = tqdm(total=sequence.num_frames, desc=job.name, unit="frame", leave=False, disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        with staged_output(job) as staged, BackgroundWriter(WRITER_THREADS) as writer:
+            for prediction in engine.run(sequence.num_frames, sequence.frame, annotations):
+                frame = sequence.frame(prediction.index) if staged.overlay_output is not None else None
+                writer.submit(_write_results, staged, sequence.frame_name(prediction.index), frame,
+                              HostCopy(prediction.labels.to(torch.uint8)))
+                bar.update(1)
+    finally:
+        bar.close()
+    reports = engine.reports
+    return VideoReport(
+        name=job.name, frames=sequence.num_frames,
+        memory_frames=max(r.memory_frames for r in reports), peak_memory_frames=max(r.peak_memory_frames for r in reports),
+        memorised=sum(r.memorised for r in reports), skipped=sum(r.skipped for r in reports),
+        gate_dropped=sum(r.gate_dropped for r in reports), evicted=sum(r.evicted for r in reports),
+        seconds=sum(r.seconds for r in reports), objects=len(sequence.object_ids),
+        wall_seconds=time.perf_counter() - started,
+    )
+
+
+def _write_results(job: VideoJob, name: str, frame: np.ndarray | None, labels: HostCopy) -> None:
     """On a writer thread: the frame's ids as a palette PNG (and its overlay), once on the host."""
     ids = labels.get().numpy()  # uint8 [H, W]
     write_labels(job.output / f"{name}.png", ids, job.palette)
@@ -430,14 +478,19 @@ def run_jobs(
 
     if todo:
         model = make_model(context.device)
+        both_ways = [entry for entry in todo if entry[1].both_ways]
+        forward = [entry for entry in todo if not entry[1].both_ways]
         try:
             with _sigterm_interrupts():
-                if batch_videos > 1:
-                    _run_batched(BatchSegmenter(model, config), todo, batch_videos, finished, progress)
-                else:
+                for position, job, status in both_ways:  # its runs form one batch of their own
+                    engine = BothWaysSegmenter(model, config)
+                    finished(position, _run_one(lambda: run_both_ways(engine, job, progress), job, status))
+                if batch_videos > 1 and forward:
+                    _run_batched(BatchSegmenter(model, config), forward, batch_videos, finished, progress)
+                elif forward:
                     segmenter = Segmenter(model, config)
-                    for position, job, status in todo:
-                        finished(position, _run_one(segmenter, job, status, progress))
+                    for position, job, status in forward:
+                        finished(position, _run_one(lambda: run_video(segmenter, job, progress), job, status))
         except KeyboardInterrupt as interrupt:
             for position, job in enumerate(mine):
                 outcomes.setdefault(position, VideoOutcome(job.name, "remaining"))
@@ -445,9 +498,10 @@ def run_jobs(
     return gather_outcomes(context, [outcomes[i] for i in range(len(mine))])
 
 
-def _run_one(segmenter: Segmenter, job: VideoJob, status: str, progress: bool) -> VideoOutcome:
+def _run_one(run: Callable[[], VideoReport], job: VideoJob, status: str) -> VideoOutcome:
+    """run() segments `job`; a bad input (ValueError, OSError) fails the job alone."""
     try:
-        return VideoOutcome(job.name, status, run_video(segmenter, job, progress=progress))
+        return VideoOutcome(job.name, status, run())
     except (ValueError, OSError) as err:
         return VideoOutcome(job.name, "failed", error=str(err))
 
