@@ -76,19 +76,19 @@ def test_each_video_equals_its_one_at_a_time_run(model, rde_model, preset, overr
     expected = {name: alone(model, config, *data[name]) for name in data}
 
     calls = []
-    segment = model.segment
+    batch = BatchSegmenter(model, config)
+    segment = batch.model.segment  # the model the batch runs (on a CPU the Segmenter's prepared copy)
 
     def counting_segment(features, memory_key, *args, **kwargs):
         calls.append((features.batch, memory_key.shape[2]))
         return segment(features, memory_key, *args, **kwargs)
 
-    batch = BatchSegmenter(model, config)
     for name in "abcd":
         batch.add(name)
     position = {name: 0 for name in data}
     got = {name: [] for name in data}
     reports = {}
-    model.segment = counting_segment
+    batch.model.segment = counting_segment
     try:
         while batch.videos:
             inputs = {}
@@ -104,7 +104,7 @@ def test_each_video_equals_its_one_at_a_time_run(model, rde_model, preset, overr
                     if name == "b":
                         batch.add("e")  # joins while a, c and d go on
     finally:
-        del model.segment
+        del batch.model.segment
     assert any(b > 1 for b, _ in calls), "no batched read happened"
     for name, (want, want_report) in expected.items():
         assert len(got[name]) == len(want)
@@ -130,8 +130,8 @@ def test_memories_of_different_lengths_share_one_read(model):
     batch.add("short")  # joins two frames behind: its memory stays two frames shorter
     results.append(batch.step({"long": FrameInput(long_clip[1])})["long"])
     lengths = []
-    segment = model.segment
-    model.segment = lambda features, key, *a, **k: lengths.append((features.batch, key.shape[2])) or segment(features, key, *a, **k)
+    segment = batch.model.segment
+    batch.model.segment = lambda features, key, *a, **k: lengths.append((features.batch, key.shape[2])) or segment(features, key, *a, **k)
     try:
         short_results = []
         for t in range(3):
@@ -139,7 +139,7 @@ def test_memories_of_different_lengths_share_one_read(model):
             results.append(out["long"])
             short_results.append(out["short"])
     finally:
-        del model.segment
+        del batch.model.segment
     assert lengths == [(1, 2), (2, 3), (2, 4)]  # the short video's first frame does not read; then T = 1 and 2 padded
     for mine, theirs in zip(results + short_results, expected_long + expected_short):
         assert_same_result(mine, theirs)

@@ -111,8 +111,8 @@ class BatchSegmenter:
     """
 
     def __init__(self, model, config: InferenceConfig | str = "remn"):
-        self.model = model
         self.config = resolve_inference_config(config)
+        self.model = Segmenter(model, self.config).model  # the model a Segmenter runs, shared by every video
         self.videos: dict[Hashable, Segmenter] = {}
         self._last_query: dict[Hashable, tuple[FrameFeatures, int]] = {}  # each video's previous frame in its batch
 
