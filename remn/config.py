@@ -4,7 +4,8 @@
 and the way inference runs it (`Preset`). Models: `remn` is the full model on STCN's core (ResNet-50 keys, ResNet-18 values, Ck = 64,
 Cv = 512) with the soft modulation gate and the local attention branch; `stcn` is that core
 alone; `rde` is that core with RDE-VOS's recurrent memory embedding (`mem_compress`);
-`tiny` is a narrow, shallow model that trains on a CPU in minutes.
+`tiny` is a narrow, shallow model that trains on a CPU in minutes; `small` sits between
+tiny and the full model.
 """
 from __future__ import annotations
 
@@ -83,7 +84,10 @@ _FRAME_BANK = {"policy": "remn"}  # the frame bank with its defaults (remn.infer
 #   unbounded, no gate, no local attention, top-k 20;
 # - rde: RDE-VOS's "two frames + compress": the recurrent embedding and the last memorised
 #   frame in fixed slots, a frame memorised every 3 frames, top-k 40;
-# - tiny: the remn policy on a narrow, shallow model (tests, demo).
+# - tiny: the remn policy on a narrow, shallow model (tests, demo);
+# - small: the remn policy on a model between tiny and the full one, which learns REMN's
+#   ideas on a 2-core CPU in minutes (`remn train --config small --synthetic hard`): a
+#   radius-2 window, local on the 8×12 key map of the hard suite's 128×192 frames.
 PRESETS: dict[str, Preset] = {
     "remn": Preset(ModelConfig(name="remn"), {"memory": _FRAME_BANK}),
     "stcn": Preset(
@@ -107,6 +111,21 @@ PRESETS: dict[str, Preset] = {
             decoder_dims=(32, 32),
             gate_hidden=16,
             local_radius=3,
+        ),
+        {"memory": _FRAME_BANK},
+    ),
+    "small": Preset(
+        ModelConfig(
+            name="small",
+            key_dim=32,
+            value_dim=128,
+            key_width=16,
+            key_blocks=(1, 2, 2),
+            value_width=16,
+            value_blocks=(1, 1, 1),
+            decoder_dims=(64, 64),
+            gate_hidden=32,
+            local_radius=2,
         ),
         {"memory": _FRAME_BANK},
     ),

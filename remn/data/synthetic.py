@@ -8,6 +8,11 @@ texture that turns with it) moving over a textured, slowly panning background. I
     out of the frame for the middle third of the clip and bring it back;
   - any frame size (odd sizes included).
 Every annotated object is visible in the first frame. Same arguments → same clip.
+
+`make_clip`'s hard cases (exact twins passing close by, still stretches, sudden appearance
+changes, a sweeping occluder, a forced leaver) and the named suites built from them
+(`SUITES`: "hard", at 128×192 so the key map is 8×12 and a radius-2 or -3 window is
+local) test what REMN claims: `write_suite` writes one as a DAVIS-layout tree.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ class _Layer:
     angle: float
     spin: float  # rad/frame
     exit_point: np.ndarray | None = None  # where a leaving object goes, fully outside
+    bounces: bool = True  # False: moves in a straight line, leaving the frame (the occluder)
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
@@ -75,13 +81,15 @@ def _inside(layer: _Layer, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return inside
 
 
-def _position(layer: _Layer, t: int, num_frames: int, height: int, width: int) -> np.ndarray:
-    """Centre (y, x) at frame t: bouncing inside the frame, or out-and-back for a leaver."""
+def _position(layer: _Layer, t: float, num_frames: int, height: int, width: int) -> np.ndarray:
+    """Centre (y, x) at scene time t: bouncing inside the frame, or out-and-back for a leaver."""
     if layer.exit_point is not None:
         phase = 1.0 - abs(2.0 * t / max(num_frames - 1, 1) - 1.0)  # 0 → 1 → 0
         reach = min(1.0, 1.5 * phase)  # fully outside during the middle third
         return layer.start + (layer.exit_point - layer.start) * reach
     position = layer.start + layer.velocity * t
+    if not layer.bounces:
+        return position
     for axis, size in enumerate((height, width)):  # reflect into [0, size - 1]
         period = 2.0 * (size - 1)
         folded = np.mod(position[axis], period)
@@ -89,11 +97,13 @@ def _position(layer: _Layer, t: int, num_frames: int, height: int, width: int) -
     return position
 
 
-def _render(layers, t, num_frames, background, height, width):
-    """Paint layers back to front: (frame float [H, W, 3], ids uint8 [H, W])."""
+def _render(layers, t, num_frames, background, height, width, textures=None):
+    """Paint layers back to front at scene time t: (frame float [H, W, 3], ids uint8 [H, W]).
+    textures: per layer, the texture to paint (default: each layer's own)."""
     frame = background.copy()
     ids = np.zeros((height, width), dtype=np.uint8)
-    for layer in layers:
+    for index, layer in enumerate(layers):
+        texture = layer.texture if textures is None else textures[index]
         cy, cx = _position(layer, t, num_frames, height, width)
         angle = layer.angle + layer.spin * t
         reach = int(np.ceil(layer.radius)) + 1
@@ -111,7 +121,7 @@ def _render(layers, t, num_frames, background, height, width):
         tu = np.clip(np.rint(u).astype(int) + half, 0, 2 * half)
         tv = np.clip(np.rint(v).astype(int) + half, 0, 2 * half)
         window = frame[y0:y1, x0:x1]
-        window[inside] = layer.texture[tv, tu][inside]
+        window[inside] = texture[tv, tu][inside]
         ids[y0:y1, x0:x1][inside] = layer.label
     return frame, ids
 
@@ -159,14 +169,34 @@ def make_clip(
     *,
     distractors: int = 1,
     static: bool = False,
+    twins: int = 0,
+    still: tuple[tuple[int, int], ...] = (),
+    appearance_changes: tuple[int, ...] = (),
+    occluder: bool = False,
+    leaver: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic clip: (frames uint8 [T, H, W, 3], masks uint8 [T, H, W]).
 
-    masks hold ids 0 (background and distractors) and 1..num_objects (visible parts).
-    static=True: nothing moves and there is no sensor noise, so all T frames are identical.
+    masks hold ids 0 (background, distractors, twins, the occluder) and 1..num_objects
+    (visible parts). static=True: nothing moves and there is no sensor noise, so all T
+    frames are identical. The hard cases (each off by default; with all defaults the clip
+    is what earlier versions made from the same seed):
+      twins: per object, this many exact copies (shape, texture, size, spin), unannotated,
+        starting elsewhere, each heading for a close pass by its object (about 2.3 radii
+        between centres) somewhere in the middle of the clip, behind every object;
+      still: frame ranges [start, end) where the scene stops (no motion, no pan; only
+        sensor noise differs between frames);
+      appearance_changes: frames from which every object wears a new texture of another
+        colour (sudden appearance change; the masks do not change);
+      occluder: a large textured shape, in front of everything, sweeping across the frame
+        over the clip;
+      leaver: True sends one object out of the frame for the middle third of the clip and
+        back, False never; None (default) decides by the seed, for about half the clips.
     """
     _check_args(num_frames, height, width, num_objects, distractors)
+    _check_hard_args(num_frames, twins, still, appearance_changes)
     rng = np.random.default_rng(seed)
+    hard_rng = np.random.default_rng([seed, 7919])  # the hard cases draw here: the base clip is unchanged
     side = min(height, width)
     pan = np.zeros(2) if static else rng.uniform(-0.6, 0.6, size=2)  # px/frame
     margin = int(np.ceil(np.abs(pan).max() * num_frames)) + 1
@@ -191,7 +221,10 @@ def make_clip(
         index = np.clip(np.arange(size) - half + twin_half, 0, 2 * twin_half)
         layers.append(_make_layer(rng, 0, radius, twin.texture[index][:, index], kind=twin.kind))
     speed_limit = 0.0 if static else max(1.0, 0.06 * side)
-    leaver = None if static or num_frames < 4 or rng.random() < 0.5 else int(rng.integers(num_objects))
+    leaves = None if static or num_frames < 4 else rng.random() >= 0.5
+    if leaver is not None and not static and num_frames >= 4:
+        leaves = leaver
+    leaver = int(rng.integers(num_objects)) if leaves else None
     for layer in layers:
         heading = rng.uniform(0, 2 * np.pi)
         layer.velocity = rng.uniform(0.3, 1.0) * speed_limit * np.array([np.sin(heading), np.cos(heading)])
@@ -222,18 +255,95 @@ def make_clip(
         exit_point[axis] = (height, width)[axis] - 1 + out if far_side else -out
         layer.exit_point = exit_point
 
+    scene_time = _scene_time(num_frames, still)  # [T]: frame → scene time (flat where still)
+    scene_frames = int(scene_time[-1]) + 1
+    back = [_twin_of(hard_rng, layers[label - 1], scene_frames, height, width, speed_limit)
+            for label in range(1, num_objects + 1) for _ in range(twins)]
+    front = [_occluder(hard_rng, scene_frames, height, width)] if occluder else []
+    ordered = back + ordered + front
+    changed = _changed_textures(hard_rng, ordered, appearance_changes)  # (frame, textures) in time order
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     masks = np.empty((num_frames, height, width), dtype=np.uint8)
     for t in range(num_frames):
-        oy, ox = np.rint(margin + pan * t).astype(int)
+        scene_t = scene_time[t]
+        oy, ox = np.rint(margin + pan * scene_t).astype(int)
         view = background[oy:oy + height, ox:ox + width]
-        frame, ids = _render(ordered, t, num_frames, view, height, width)
+        textures = None
+        for start, worn in changed:
+            if t >= start:
+                textures = worn
+        frame, ids = _render(ordered, scene_t, scene_frames, view, height, width, textures)
         if not static:
             frame += 2.0 * rng.standard_normal(size=frame.shape, dtype=np.float32)
         np.clip(frame, 0, 255, out=frame)
         frames[t] = np.rint(frame, out=frame)
         masks[t] = ids
     return frames, masks
+
+
+def _check_hard_args(num_frames, twins, still, appearance_changes) -> None:
+    if not isinstance(twins, (int, np.integer)) or twins < 0:
+        raise ValueError(f"twins must be an integer >= 0, got {twins!r}")
+    for start, end in still:
+        if not 0 <= start < end <= num_frames:
+            raise ValueError(f"still range ({start}, {end}) must satisfy 0 <= start < end <= num_frames={num_frames}")
+    for frame in appearance_changes:
+        if not 0 < frame < num_frames:
+            raise ValueError(f"appearance change at frame {frame} must lie in 1..{num_frames - 1}")
+
+
+def _scene_time(num_frames: int, still) -> np.ndarray:
+    """Scene time of each frame: int [T], advancing by 1 per frame except inside `still` ranges."""
+    advancing = np.ones(num_frames, dtype=np.int64)
+    advancing[0] = 0
+    for start, end in still:
+        advancing[max(start, 1):end] = 0
+    return np.cumsum(advancing)
+
+
+def _twin_of(rng, target: _Layer, num_frames: int, height: int, width: int, speed_limit: float) -> _Layer:
+    """An exact, unannotated copy of `target` that starts elsewhere and passes close by it."""
+    meet = rng.uniform(0.3, 0.7) * max(num_frames - 1, 1)
+    around = rng.uniform(0, 2 * np.pi)
+    gap = 2.3 * target.radius
+    meeting = _position(target, meet, num_frames, height, width) + gap * np.array([np.sin(around), np.cos(around)])
+    heading = rng.uniform(0, 2 * np.pi)
+    reach = min(max(speed_limit, 1.0) * meet, 0.6 * max(height, width))
+    start = np.clip(meeting + reach * np.array([np.sin(heading), np.cos(heading)]), [0, 0], [height - 1, width - 1])
+    return _Layer(
+        label=0, kind=target.kind, radius=target.radius, axes=target.axes, vertices=target.vertices,
+        texture=target.texture, start=start, velocity=(meeting - start) / meet, angle=target.angle, spin=target.spin,
+    )
+
+
+def _occluder(rng, num_frames: int, height: int, width: int) -> _Layer:
+    """A large shape with its own texture crossing the frame once, in front of everything."""
+    radius = 0.3 * min(height, width)
+    size = 2 * int(np.ceil(radius)) + 1
+    texture = _texture(rng, size, size, rng.uniform(40, 220, size=3), 50, max(radius / 3, 1.5))
+    layer = _make_layer(rng, 0, radius, texture)
+    y = rng.uniform(0.3, 0.7) * (height - 1)
+    start, end = np.array([y, -radius]), np.array([height - 1 - y, width - 1 + radius])
+    if rng.random() < 0.5:
+        start, end = end, start
+    layer.start, layer.bounces = start, False  # from just outside one side to just outside the other
+    layer.velocity = (end - start) / max(num_frames - 1, 1)
+    layer.spin = float(rng.uniform(-0.05, 0.05))
+    return layer
+
+
+def _changed_textures(rng, ordered: list[_Layer], frames) -> list[tuple[int, list[np.ndarray]]]:
+    """At each frame of `frames`, every object (label > 0) takes a new texture of another hue."""
+    changes, current = [], [layer.texture for layer in ordered]
+    for frame in sorted(frames):
+        current = list(current)
+        for index, layer in enumerate(ordered):
+            if layer.label > 0:
+                size = layer.texture.shape[0]
+                colour = 128 + 100 * np.cos(rng.uniform(0, 2 * np.pi) + np.array([0.0, 2.1, 4.2]))
+                current[index] = _texture(rng, size, size, colour, 40, max(layer.radius / 2, 1.5))
+        changes.append((frame, current))
+    return changes
 
 
 def sequence_seed(seed: int, index: int) -> int:
@@ -277,15 +387,102 @@ def write_davis_dataset(
         frames, masks = make_clip(
             sequence_seed(seed, index), num_frames, height, width, num_objects, distractors=1
         )
-        frame_dir = root / "JPEGImages" / "480p" / name
-        mask_dir = root / "Annotations" / "480p" / name
-        for folder, suffix in ((frame_dir, ".jpg"), (mask_dir, ".png")):
-            if folder.is_dir():  # drop frames left by an earlier, longer clip
-                for stale in folder.glob(f"*{suffix}"):
-                    os.unlink(stale)
-        for t in range(num_frames):
-            write_frame(frame_dir / f"{t:05d}.jpg", frames[t], quality=95)
-            write_annotation(mask_dir / f"{t:05d}.png", masks[t])
+        _write_sequence(root, name, frames, masks)
     split_file.parent.mkdir(parents=True, exist_ok=True)
     split_file.write_text("".join(f"{name}\n" for name in names))
     return names
+
+
+# ----------------------------------------------------------------------------- suites
+HARD_SIZE = (128, 192)  # (H, W): a key map of 8 × 12, where a local window of radius 2-3 is local
+
+
+@dataclass(frozen=True)
+class SuitePart:
+    """`count` videos of one kind: `make_clip` with these options."""
+
+    kind: str  # the sequence names' prefix: what the videos test
+    count: int
+    num_frames: int
+    options: tuple[tuple[str, object], ...]  # make_clip keyword arguments
+
+
+# What each suite's parts test (the same kinds in both splits; the train split has more,
+# shorter videos):
+#   twins      each object has an exact, unannotated twin that passes close by it; global
+#              matching cannot tell them apart by appearance;
+#   long       300 frames with two still stretches of 70 frames (memorising every frame
+#              there is pure redundancy) and two sudden appearance changes (where it is not);
+#   occlusion  a large occluder sweeps across; one object leaves the frame and comes back.
+SUITES: dict[str, dict[str, tuple[SuitePart, ...]]] = {
+    "hard": {
+        "val": (
+            SuitePart("twins", 6, 60, (("num_objects", 2), ("twins", 1), ("distractors", 0))),
+            SuitePart("long", 2, 300, (("num_objects", 2), ("distractors", 1), ("still", ((40, 110), (170, 240))),
+                                       ("appearance_changes", (130, 260)))),
+            SuitePart("occlusion", 3, 60, (("num_objects", 2), ("distractors", 1), ("occluder", True),
+                                           ("leaver", True))),
+        ),
+        "train": (
+            SuitePart("twins", 32, 40, (("num_objects", 2), ("twins", 1), ("distractors", 0))),
+            SuitePart("long", 8, 120, (("num_objects", 2), ("distractors", 1), ("still", ((20, 50), (70, 100))),
+                                       ("appearance_changes", (60, 105)))),
+            SuitePart("occlusion", 16, 40, (("num_objects", 2), ("distractors", 1), ("occluder", True),
+                                            ("leaver", True))),
+        ),
+    },
+}
+
+
+def suite_clips(suite: str, split: str = "val", *, seed: int = 0, size: tuple[int, int] = HARD_SIZE):
+    """The videos of a suite's split, in order: yields (name, frames uint8 [T, H, W, 3],
+    masks uint8 [T, H, W]). Seeds differ between splits, so train never sees a val video."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown synthetic suite {suite!r}; suites: {sorted(SUITES)}")
+    if split not in SUITES[suite]:
+        raise ValueError(f"synthetic suite {suite!r} has no split {split!r}; splits: {sorted(SUITES[suite])}")
+    height, width = size
+    split_code = sum(ord(c) << (8 * i) for i, c in enumerate(split))
+    for part in SUITES[suite][split]:
+        for index in range(part.count):
+            clip_seed = int(np.random.SeedSequence([seed, split_code, index, len(part.kind)]).generate_state(1)[0])
+            frames, masks = make_clip(clip_seed, part.num_frames, height, width, **dict(part.options))
+            yield f"{part.kind}-{index:03d}", frames, masks
+
+
+def write_suite(root, suite: str, *, seed: int = 0, split: str = "val", size: tuple[int, int] = HARD_SIZE,
+                year: int = 2017) -> list[str]:
+    """Write a suite's split (`SUITES`) as a DAVIS-layout tree under `root`; returns the names.
+
+    The same files as `write_davis_dataset` writes (JPEG frames, palette PNG masks of every
+    frame, ImageSets/{year}/{split}.txt listing them); refuses to overwrite a split file
+    that lists sequences it did not write.
+    """
+    root = Path(root)
+    split_file = root / "ImageSets" / str(int(year)) / f"{split}.txt"
+    kinds = {part.kind for part in SUITES.get(suite, {}).get(split, ())}
+    if split_file.is_file():
+        foreign = [n for n in split_file.read_text().split() if n.rsplit("-", 1)[0] not in kinds]
+        if foreign:
+            raise ValueError(f"{split_file} lists sequences this suite did not write ({', '.join(foreign[:3])}); "
+                             "refusing to overwrite another dataset's split file")
+    names = []
+    for name, frames, masks in suite_clips(suite, split, seed=seed, size=size):
+        _write_sequence(root, name, frames, masks)
+        names.append(name)
+    split_file.parent.mkdir(parents=True, exist_ok=True)
+    split_file.write_text("".join(f"{name}\n" for name in names))
+    return names
+
+
+def _write_sequence(root: Path, name: str, frames: np.ndarray, masks: np.ndarray) -> None:
+    """JPEGImages/480p/NAME/%05d.jpg (quality 95) and Annotations/480p/NAME/%05d.png."""
+    frame_dir = root / "JPEGImages" / "480p" / name
+    mask_dir = root / "Annotations" / "480p" / name
+    for folder, suffix in ((frame_dir, ".jpg"), (mask_dir, ".png")):
+        if folder.is_dir():  # drop frames left by an earlier, longer clip
+            for stale in folder.glob(f"*{suffix}"):
+                os.unlink(stale)
+    for t in range(len(frames)):
+        write_frame(frame_dir / f"{t:05d}.jpg", frames[t], quality=95)
+        write_annotation(mask_dir / f"{t:05d}.png", masks[t])

@@ -206,6 +206,7 @@ class REMN(nn.Module):
         previous: tuple[FrameFeatures, torch.Tensor] | None = None,
         top_k: int | None = None,
         object_valid: torch.Tensor | None = None,
+        gate: bool = True,
     ) -> SegmentOutput:
         """Segment a query frame from memory.
 
@@ -214,10 +215,11 @@ class REMN(nn.Module):
         excludes a frame) or None; previous: (previous frame's features, its object
         probabilities [B, O, H, W] or, band included, [B, O, Hp, Wp]) for the local
         attention branch; object_valid [B, O] bool, False for padding objects (their
-        probability is forced to 0).
+        probability is forced to 0); gate False reads without the gate's scores (none are
+        computed), as a model without a gate does.
         """
         self._check_memory(features, memory_key, memory_value)
-        gate_log_scores = self.gate_log_scores(features, memory_key)  # [B, T] or None
+        gate_log_scores = self.gate_log_scores(features, memory_key) if gate else None  # [B, T] or None
         key_bias = memory_bias
         if gate_log_scores is not None:
             key_bias = gate_log_scores if key_bias is None else key_bias + gate_log_scores
@@ -226,9 +228,9 @@ class REMN(nn.Module):
             previous_features, previous_probs = previous
             self._check_masks("previous object probabilities", previous_probs, features, readout.shape[1])
             padded = self._padded(previous_probs, previous_features).to(readout.dtype)  # [B, O, Hp, Wp]
-            readout = readout + self.local_branch(
-                features.key, previous_features.key, previous_features.key_comp, padded, backend=self.backend
-            )
+            readout = self.local_branch(
+                readout, features.key, previous_features.key, previous_features.key_comp, padded, backend=self.backend
+            )  # [B, O, Cv, h, w]
         logits = self.decode(features, readout)  # [B, O, Hp, Wp]
         object_probs = torch.sigmoid(logits.float())
         if object_valid is not None:

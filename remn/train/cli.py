@@ -43,8 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--youtube-root", metavar="ROOT", help="YouTube-VOS layout (train/JPEGImages, train/Annotations)")
     data.add_argument("--images-root", metavar="ROOT",
                       help="static images: ROOT/images/*.jpg|png and ROOT/masks/*.png, same stems")
-    data.add_argument("--synthetic", type=int, metavar="N",
-                      help="write N synthetic sequences to OUTPUT/data and train on them")
+    data.add_argument("--synthetic", type=_synthetic, metavar="N|SUITE",
+                      help="write N synthetic sequences to OUTPUT/data and train on them; or a suite's train split "
+                           "(hard: twins, still stretches, occlusion), whose recipe (remn.train.trainer.SUITE_RECIPES) "
+                           "then sets the defaults")
     data.add_argument("--synthetic-size", type=int, nargs=2, metavar=("H", "W"),
                       help=f"default: {' '.join(map(str, _default('synthetic_size')))}")
     data.add_argument("--num-workers", type=int, help=f"data loading processes per rank (default {_default('num_workers')})")
@@ -107,13 +109,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 TUPLE_FIELDS = ("synthetic_size", "crop_size", "bootstrap_range")
 
 
+def _synthetic(text: str):
+    """--synthetic: a count, or a suite name."""
+    from remn.data.synthetic import SUITES
+
+    if text in SUITES:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a suite {sorted(SUITES)}, got {text!r}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of the flags given; every other field keeps TrainConfig's default."""
+    """The TrainConfig of the flags given; every other field keeps TrainConfig's default, or
+    the suite recipe's with --synthetic SUITE."""
+    from remn.train.trainer import SUITE_RECIPES
+
     given = {name: value for name, value in vars(args).items() if value is not None}
     for name in TUPLE_FIELDS:
         if name in given:
             given[name] = tuple(given[name])
-    return TrainConfig(**given)
+    recipe = SUITE_RECIPES.get(given.get("synthetic"), {}) if isinstance(given.get("synthetic"), str) else {}
+    return TrainConfig(**{**recipe, **given})
 
 
 def run(args: argparse.Namespace) -> int:

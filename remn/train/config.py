@@ -98,7 +98,7 @@ class TrainConfig:
     davis_repeat: int = 5  # DAVIS sequences count this many times against YouTube-VOS's (STCN: [davis]*5 + [yv])
     youtube_root: str | Path | None = None  # YouTube-VOS layout (train split)
     images_root: str | Path | None = None  # static images: ROOT/images/*.jpg|png + ROOT/masks/*.png
-    synthetic: int = 0  # > 0: write this many synthetic sequences to OUTPUT/data and train on them
+    synthetic: int | str = 0  # > 0: write this many synthetic sequences to OUTPUT/data; a suite name ("hard"): its train split
     synthetic_size: tuple[int, int] = (64, 96)  # (H, W) of synthetic frames
     synthetic_frames: int = 10
     synthetic_seed: int = 0
@@ -189,7 +189,13 @@ class TrainConfig:
         if self.num_frames < 2:
             raise ValueError(f"TrainConfig.num_frames must be >= 2 (a given and a predicted frame), "
                              f"got {self.num_frames}")
-        if self.synthetic < 0:
+        if isinstance(self.synthetic, str):
+            from remn.data.synthetic import SUITES
+
+            if self.synthetic not in SUITES:
+                raise ValueError(f"TrainConfig.synthetic must be a count >= 0 or a suite {sorted(SUITES)}, "
+                                 f"got {self.synthetic!r}")
+        elif self.synthetic < 0:
             raise ValueError(f"TrainConfig.synthetic must be >= 0, got {self.synthetic}")
         check_precision(self.precision, "TrainConfig.precision")
         if not 0.0 <= self.geometric_jitter <= 2.0:

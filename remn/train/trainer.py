@@ -54,10 +54,15 @@ class TrainingDiverged(RuntimeError):
 
 # ----------------------------------------------------------------- set-up pieces
 def write_synthetic_data(config: TrainConfig) -> Path:
-    """Write the synthetic DAVIS-layout training set of a config to OUTPUT/data (train split)."""
-    from remn.data.synthetic import write_davis_dataset
+    """Write the synthetic DAVIS-layout training set of a config to OUTPUT/data (train split):
+    a named suite's train split (`remn.data.synthetic.SUITES`, at its own size), or N
+    synthetic sequences."""
+    from remn.data.synthetic import write_davis_dataset, write_suite
 
     root = Path(config.output) / "data"
+    if isinstance(config.synthetic, str):
+        write_suite(root, config.synthetic, seed=config.synthetic_seed, split="train")
+        return root
     height, width = config.synthetic_size
     write_davis_dataset(root, config.synthetic, seed=config.synthetic_seed, num_frames=config.synthetic_frames,
                         height=height, width=width, num_objects=max(2, config.max_objects), split="train")
@@ -480,6 +485,22 @@ LEARNING_RECIPE = dict(
     gate_weight=0.1, contrastive_weight=0.0, save_every=10_000, log_every=25, clip_grad=5.0, threads=1,
     precision="fp32", freeze_batchnorm=False,
 )
+
+# `remn train --synthetic SUITE` starts from these (flags given replace them): the recipe
+# above, scaled to the small model on the hard suite. 6-frame clips, so a query reads banks of
+# up to 5 frames and the gate learns on banks, not pairs; 96×144 crops of the 128×192 videos
+# (a 6×9 key map: a radius-2 window covers 25 of 54 positions, so the local branch learns
+# where its window matters), one video object pair per clip with the twins unannotated. Sized
+# to finish in about 15 minutes on 2 cores.
+SUITE_RECIPES = {
+    "hard": dict(
+        model="small", crop_size=(96, 144), min_crop_area=0.6, num_frames=6, max_objects=2,
+        iterations=700, batch_size=4, lr=1e-3, lr_decay_at=(0.8,), warmup=20,
+        skip_curriculum=((0.0, 2), (0.4, 4)), bootstrap_range=(0, 300), bootstrap_top_p=0.3,
+        gate_weight=0.1, contrastive_weight=0.0, save_every=100, log_every=25, clip_grad=5.0, threads=2,
+        precision="fp32", freeze_batchnorm=False,
+    ),
+}
 
 
 def learning_check(output: str | Path, *, heldout: int = 16, heldout_seed: int = 1_000_003,

@@ -56,6 +56,7 @@ class GroupRead:
     keys: torch.Tensor  # [1, Ck, T, h, w]
     values: torch.Tensor  # [1, O_g, Cv, T, h, w]
     bias: torch.Tensor | None = None  # [1, T] additive logit bias per memory frame (−inf excludes), or None
+    gated: bool = True  # the model's gate scores bias this read (False: the policy reads without them)
 
 
 class MemoryManager(ABC):

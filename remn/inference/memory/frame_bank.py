@@ -10,8 +10,13 @@ FrameBankMemory's policy, all of it in this file:
     multiple of `mem_every`;
   * update="adaptive": frames whose predicted masks changed enough since the last
     memorised frame, change = max over objects of (1 − IoU) > `change_threshold`
-    (hard masks at the working resolution; an object absent from both counts IoU 1), or
-    when `max_gap` frames have passed since the last memorised frame.
+    (hard masks at the working resolution; an object absent from both counts IoU 1); or
+    whose objects changed appearance: max over objects of 1 − cos(d_o, d'_o) >
+    `appearance_threshold`, d_o the mean key of object o under its probability (at the
+    key map's resolution) now and d'_o at the last memorised frame (a sudden change of
+    colour or texture leaves the masks alone but moves the keys); or when `max_gap`
+    frames have passed since the last memorised frame. On a still stretch neither moves:
+    the bank gets one frame per `max_gap`.
   A chosen frame is encoded by the core (`encode_value` with the soft probabilities of
   the aggregated prediction over the padded frame, band included, as STCN does) and
   written when the next frame arrives, so the last frame of a video is never encoded for
@@ -44,6 +49,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from remn.inference.host import Decision, HostCopy, to_device
 from remn.inference.memory.base import GroupRead, MemoryManager, MemorySettings
@@ -62,9 +68,10 @@ class FrameBankSettings(MemorySettings):
     update: str = "adaptive"  # "adaptive": by mask change / max gap; "every": every `mem_every` frames
     mem_every: int = 5  # "every": frames whose distance to the first annotated frame is a multiple
     change_threshold: float = 0.1  # "adaptive": memorise when max over objects of (1 − IoU) exceeds this
+    appearance_threshold: float = 0.1  # "adaptive": … or when max over objects of 1 − cos(object keys) exceeds this
     max_gap: int = 10  # "adaptive": memorise at the latest this many frames after the last memorised one
     capacity: int | None = 20  # memory frames at most (None: unbounded, storage grows by doubling)
-    gate: bool = True  # keep gate scores per memory frame and drop by them (needs a model with a gate)
+    gate: bool = True  # the gate's scores bias the read, and frames are dropped by them (a model with a gate); False: no gate
     gate_threshold: float = 0.05  # drop a frame whose gate score EMA falls below this (0 disables)
     gate_momentum: float = 0.9  # EMA: score ← momentum · score + (1 − momentum) · this frame's score
 
@@ -77,6 +84,8 @@ class FrameBankSettings(MemorySettings):
             check_int(self, "capacity", 2)
         if not 0.0 <= self.change_threshold <= 1.0:
             raise ValueError(f"FrameBankSettings.change_threshold must lie in [0, 1], got {self.change_threshold}")
+        if not 0.0 <= self.appearance_threshold <= 2.0:
+            raise ValueError(f"FrameBankSettings.appearance_threshold must lie in [0, 2], got {self.appearance_threshold}")
         if not 0.0 <= self.gate_threshold < 1.0:
             raise ValueError(f"FrameBankSettings.gate_threshold must lie in [0, 1), got {self.gate_threshold}")
         if not 0.0 <= self.gate_momentum < 1.0:
@@ -197,6 +206,21 @@ def mask_change(labels: torch.Tensor, reference: torch.Tensor, num_objects: int)
     return (1 - iou).max()
 
 
+def object_descriptors(key: torch.Tensor, object_probs: torch.Tensor) -> torch.Tensor:
+    """Each object's mean key under its probability: key [1, Ck, h, w], object_probs
+    [1, O, Hp, Wp] (Hp = 16h) → [O, Ck] (zeros for an object with no probability mass)."""
+    weights = F.adaptive_avg_pool2d(object_probs.float(), key.shape[-2:])[0].flatten(1)  # [O, h·w]
+    summed = weights @ key[0].float().flatten(1).T  # [O, Ck]
+    return summed / weights.sum(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def appearance_change(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """max over objects of 1 − cos(now_o, before_o); now, before [O, Ck] → 0-dim (0 for O = 0)."""
+    if now.shape[0] == 0:
+        return now.new_zeros(())
+    return (1 - F.cosine_similarity(now, before, dim=1, eps=1e-6)).max()
+
+
 @dataclass
 class _Pending:
     """The last decided frame, until its decision is settled."""
@@ -204,6 +228,7 @@ class _Pending:
     frame: int
     decision: Decision  # whether the frame enters memory
     labels: torch.Tensor | None  # adaptive update: its channel labels [H, W], the next change's reference
+    descriptors: torch.Tensor | None  # adaptive update: its objects' mean keys [O, Ck], the same
 
 
 class FrameBankMemory(MemoryManager):
@@ -221,6 +246,7 @@ class FrameBankMemory(MemoryManager):
         self._first_frame: int | None = None
         self._last_frame: int | None = None  # last frame chosen for memory
         self._last_labels: torch.Tensor | None = None  # its channel labels [H, W]
+        self._last_descriptors: torch.Tensor | None = None  # its objects' mean keys [O, Ck]
 
     # ------------------------------------------------------------------ groups
     def add_group(self, group) -> None:
@@ -237,7 +263,7 @@ class FrameBankMemory(MemoryManager):
         for group in self.groups:
             start = self.bank.first_slot(group.entry_frame)
             keys, values = self.bank.read(group.index, start)  # [1, Ck, T, h, w], [1, O_g, Cv, T, h, w]
-            reads.append(GroupRead(group, keys, values))
+            reads.append(GroupRead(group, keys, values, gated=self.settings.gate))
         return reads
 
     def read_done(self, outputs) -> None:
@@ -250,9 +276,10 @@ class FrameBankMemory(MemoryManager):
             raise RuntimeError("decide before any object group was added")
         self._settle_decision()  # the previous frame's decision sets the reference for this one
         settings = self.settings
-        labels = None
+        labels = descriptors = None
         if settings.update == "adaptive":  # the change is measured on the frame, not the band
             labels = crop_padding(probs[0], features.padding).argmax(dim=0)  # [H, W] channel indices
+            descriptors = object_descriptors(features.key, probs[:, 1:])  # [O, Ck]
         if annotated:
             decision = Decision(True)
         elif settings.update == "every":
@@ -260,9 +287,11 @@ class FrameBankMemory(MemoryManager):
         elif frame_index - self._last_frame >= settings.max_gap:
             decision = Decision(True)
         else:  # decided on the device; read a frame later
-            change = mask_change(labels, self._last_labels, probs.shape[1] - 1)
-            decision = Decision(change > settings.change_threshold)
-        self._pending = _Pending(frame_index, decision, labels)
+            num_before = self._last_descriptors.shape[0]  # objects that entered since are new: they changed
+            changed = mask_change(labels, self._last_labels, probs.shape[1] - 1) > settings.change_threshold
+            moved = appearance_change(descriptors[:num_before], self._last_descriptors) > settings.appearance_threshold
+            decision = Decision(changed | moved)
+        self._pending = _Pending(frame_index, decision, labels, descriptors)
         return decision
 
     def settle(self) -> None:
@@ -282,7 +311,7 @@ class FrameBankMemory(MemoryManager):
             return
         self._chosen = self._last_frame = pending.frame
         if pending.labels is not None:
-            self._last_labels = pending.labels
+            self._last_labels, self._last_descriptors = pending.labels, pending.descriptors
 
     def write(self, frame_index, key, values) -> None:
         """Put the chosen frame into the bank, making room first when it is full."""
