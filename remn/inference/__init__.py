@@ -1,5 +1,7 @@
-"""Inference: the per-frame `Segmenter` core, its memory policies and object manager, and
-the `remn segment` entry points (one video, DAVIS / YouTube-VOS datasets, torchrun sharding)."""
+"""Inference: the per-frame `Segmenter` core, its memory policies and object manager,
+several videos at once (`BatchSegmenter`), propagation both ways from any annotated frames
+(`BothWaysSegmenter`), and the `remn segment` entry points (one video, DAVIS / YouTube-VOS
+datasets, torchrun sharding)."""
 from remn.inference.config import PRESETS, InferenceConfig, inference_preset, resolve_inference_config
 from remn.inference.memory import (
     MEMORY_POLICIES, FrameBankMemory, FrameBankSettings, GroupRead, MemoryManager, MemorySettings, MemoryStats,
@@ -7,6 +9,8 @@ from remn.inference.memory import (
 )
 from remn.inference.objects import ObjectGroup, ObjectManager
 from remn.inference.segmenter import FrameResult, Segmenter, VideoReport
+from remn.inference.batch import BatchSegmenter, FrameInput
+from remn.inference.bidirectional import BothWaysSegmenter, FramePrediction
 
 __all__ = [
     "PRESETS",
@@ -29,4 +33,8 @@ __all__ = [
     "FrameResult",
     "Segmenter",
     "VideoReport",
+    "BatchSegmenter",
+    "FrameInput",
+    "BothWaysSegmenter",
+    "FramePrediction",
 ]
