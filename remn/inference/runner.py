@@ -555,12 +555,17 @@ def _run_batched(batch: BatchSegmenter, todo: list, batch_videos: int,
         while queue or running:
             while queue and len(running) < batch_videos:
                 position, job, status = queue.popleft()
-                if job.palette is None:
-                    job.check(overwrite=True)
                 stack = ExitStack()
-                staged = stack.enter_context(staged_output(job))
-                frames = stack.enter_context(Prefetcher(_indexed_frames(job.sequence), depth=PREFETCH_FRAMES))
-                writer = stack.enter_context(BackgroundWriter(writers))
+                try:
+                    if job.palette is None:
+                        job.check(overwrite=True)
+                    staged = stack.enter_context(staged_output(job))
+                    frames = stack.enter_context(Prefetcher(_indexed_frames(job.sequence), depth=PREFETCH_FRAMES))
+                    writer = stack.enter_context(BackgroundWriter(writers))
+                except (ValueError, OSError) as err:
+                    stack.__exit__(type(err), err, err.__traceback__)
+                    finished(position, VideoOutcome(job.name, "failed", error=f"{job.name}: {err}"))
+                    continue
                 running[position] = _Running(job, status, staged, frames, writer, stack, time.perf_counter())
                 batch.add(position)
             inputs, current = {}, {}
