@@ -8,12 +8,12 @@ drives the phases of `Segmenter.step` for all the videos that have a frame this 
 2. one `model.encode_key` on the frames of all videos whose working size is the same
    (videos of other sizes form their own batches);
 3. `_write_memory` per video (each policy settles and writes for itself);
-4. one `model.segment` per working size on every object group of every video: item i is
-   (video v, group g) and reads what v's memory manager says g reads (`GroupRead`).
-   Memories of different lengths T_i are zero-padded to T = max T_i with a −inf key bias
-   on the padding (exp(−inf) = 0: a padded frame takes no part in the softmax, and top-k
-   never picks one while a real key remains); groups of fewer objects O_i are padded to
-   O = max O_i with `object_valid` False. An item's aggregated logits over its own
+4. one `model.segment` per working size (and `GroupRead.gated`) on every object group
+   of every video: item i is (video v, group g) and reads what v's memory manager says
+   g reads (`GroupRead`). Memories of different lengths T_i are zero-padded to
+   T = max T_i with a −inf key bias on the padding (exp(−inf) = 0: a padded frame takes
+   no part in the softmax, and top-k never picks one while a real key remains); groups
+   of fewer objects O_i are padded to O = max O_i with `object_valid` False. An item's aggregated logits over its own
    channels 0..O_i equal its one-at-a-time logits exactly in math (a padded object has
    probability 0, a factor 1 in the background product), so its probabilities are the
    softmax over those channels; its gate scores are its first T_i;
@@ -199,12 +199,12 @@ class BatchSegmenter:
     def _read(self, queries: dict[Hashable, tuple[FrameFeatures, int]]) -> dict[Hashable, torch.Tensor]:
         """Every group of every video with objects reads its memory, one `model.segment`
         per encode batch → name → aggregated probabilities [1, O+1, Hp, Wp]."""
-        by_batch: dict[int, list[_Item]] = {}
+        by_batch: dict[tuple[int, bool], list[_Item]] = {}  # (encode batch, gated) → its items
         for name, query in queries.items():
             segmenter = self.videos[name]
             if segmenter.objects.num_objects:
                 for read in segmenter.memory.reads():
-                    by_batch.setdefault(id(query[0]), []).append(_Item(name, read, query))
+                    by_batch.setdefault((id(query[0]), read.gated), []).append(_Item(name, read, query))
         outputs: dict[Hashable, list[SegmentOutput]] = {}
         for items in by_batch.values():
             for item, output in zip(items, self._segment(items)):
@@ -216,9 +216,9 @@ class BatchSegmenter:
         return probs
 
     def _segment(self, items: list[_Item]) -> list[SegmentOutput]:
-        """One `model.segment` on all items (same working size) → each item's output, as
-        its one-at-a-time read gives it: logits and probs [1, O_i+1, Hp, Wp], gate log
-        scores [1, T_i] or None."""
+        """One `model.segment` on all items (same working size, same `gated`) → each
+        item's output, as its one-at-a-time read gives it: logits and probs
+        [1, O_i+1, Hp, Wp], gate log scores [1, T_i] or None."""
         lengths = [item.read.keys.shape[2] for item in items]  # T_i
         counts = [item.read.values.shape[1] for item in items]  # O_i
         length, objects = max(lengths), max(counts)
@@ -241,7 +241,7 @@ class BatchSegmenter:
             valid = to_device(valid, keys.device)
         output = self.model.segment(
             gather_features([item.query for item in items]), keys, values, memory_bias=bias, previous=previous,
-            top_k=self.config.top_k, object_valid=valid,
+            top_k=self.config.top_k, object_valid=valid, gate=items[0].read.gated,
         )
         results = []
         for index, (count, frames) in enumerate(zip(counts, lengths)):
