@@ -76,6 +76,12 @@ def print_tables(results: dict) -> None:
         rows = [[e["policy"], e["frames"], e["memory_frames"], _mb(e.get("peak_allocated")), _mb(e.get("nvml_used")),
                  _mb(e.get("host_rss")), e.get("fps")] for e in results["memory_growth"]]
         print(format_table(headers, rows))
+    if results.get("batched"):
+        print("\n== batched videos vs one at a time ==")
+        headers = ["config", "size", "fused", "B", "frames/video", "videos/s", "FPS", "one-at-a-time FPS", "x", "labels differing"]
+        rows = [[e["config"], e["size"], e["fused"], e["batch"], e["frames_per_video"], e["videos_per_s"], e["fps"],
+                 e["one_at_a_time_fps"], e["x_one_at_a_time"], e["label_pixels_differing"]] for e in results["batched"]]
+        print(format_table(headers, rows))
     if results.get("cpu", {}).get("rows"):
         cpu = results["cpu"]
         print(f"\n== CPU fast path ({cpu['model']}, {cpu['threads']} threads, T = 5, top-{cpu['top_k']}, "

@@ -9,7 +9,7 @@
 
 Sections: kernel microbenchmarks (memory read, local attention), end-to-end segmentation
 speed, 1080p with T = 20 memory frames, `remn segment` on files (with decoding and PNG
-writing), memory vs video length, evaluation speed. Prints
+writing), memory vs video length, evaluation speed, several videos batched against one at a time. Prints
 tables, writes a JSON with every figure (device, versions, git commit and date, per
 section) and a plot under bench/results/.
 """
@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_batched  # noqa: E402
 import bench_cpu  # noqa: E402
 import bench_end_to_end  # noqa: E402
 import bench_evaluate  # noqa: E402
@@ -38,7 +39,7 @@ from remn.data.atomic import atomic_path  # noqa: E402
 from report import print_tables, write_plot  # noqa: E402
 
 SECTIONS = ("memory_read", "local_attention", "end_to_end", "high_resolution", "segment", "memory_growth", "evaluate",
-            "cpu")
+            "batched", "cpu")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # "cpu" (the CPU fast path at 480p, about 15 minutes on 2 cores) runs when named
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
         "segment": lambda: bench_segment.run(device, args.quick),
         "memory_growth": lambda: bench_memory_growth.run(device, args.quick),
         "evaluate": lambda: bench_evaluate.run(args.quick),
+        "batched": lambda: bench_batched.run(device, args.quick),
         "cpu": lambda: bench_cpu.run(device, args.quick, args.repeats),
     }
     tag = args.tag or "{}-{}{}".format("cuda" if device.type == "cuda" else "cpu", env["date"][:10],
