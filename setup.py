@@ -27,8 +27,10 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-benchmark>=4", "av>=11"],
+        "dev": ["pytest>=7", "pytest-benchmark>=4", "av>=11", "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
         "video": ["av>=11"],  # `remn segment video.mp4`: PyAV decodes the file, frames stream
+        # `remn export` (torch.onnx's exporter translates with onnxscript) and `--engine onnxruntime`
+        "onnx": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
         "bench": ["nvidia-ml-py>=12", "matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["remn = remn.cli:main"]},

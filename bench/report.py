@@ -91,6 +91,15 @@ def print_tables(results: dict) -> None:
         rows = [[e["variant"], e["objects"], e["size"], e["ms_per_frame"], e["x_eager"], e["x_pre_issue"],
                  e["labels_identical_pct"], e["labels_identical_worst_frame_pct"]] for e in cpu["rows"]]
         print(format_table(headers, rows))
+    if results.get("export", {}).get("rows"):
+        export = results["export"]
+        print(f"\n== eager vs torch.compile vs ONNX Runtime ({export['model']}, {export['threads']} threads, T = 5, "
+              f"top-{export['top_k']}; export {export['export_s']:.0f} s, opset {export['opset']}) ==")
+        headers = ["engine", "objects", "size", "ms/frame", "x eager", "first 8 frames s", "max |Δp|", "labels identical %"]
+        rows = [[e["engine"], e["objects"], e["size"], e["ms_per_frame"], e["x_eager"], e["untimed_frames_s"],
+                 e["max_prob_diff"], e["labels_identical_pct"]] for e in export["rows"]]
+        print(format_table(headers, rows))
+        print("fastest: " + ", ".join(f"{objects} object(s): {name}" for objects, name in export["fastest"].items()))
     if results.get("evaluate"):
         print("\n== evaluation speed ==")
         entry = results["evaluate"]

@@ -29,6 +29,7 @@ import bench_batched  # noqa: E402
 import bench_cpu  # noqa: E402
 import bench_end_to_end  # noqa: E402
 import bench_evaluate  # noqa: E402
+import bench_export  # noqa: E402
 import bench_high_resolution  # noqa: E402
 import bench_local_attention  # noqa: E402
 import bench_memory_growth  # noqa: E402
@@ -39,8 +40,10 @@ from remn.data.atomic import atomic_path  # noqa: E402
 from report import print_tables, write_plot  # noqa: E402
 
 SECTIONS = ("memory_read", "local_attention", "end_to_end", "high_resolution", "segment", "memory_growth", "evaluate",
-            "batched", "cpu")
-DEFAULT_SECTIONS = SECTIONS[:-1]  # "cpu" (the CPU fast path at 480p, about 15 minutes on 2 cores) runs when named
+            "batched", "cpu", "export")
+# "cpu" (the CPU fast path at 480p, about 15 minutes on 2 cores) and "export" (eager vs torch.compile vs
+# ONNX Runtime, with an export and Inductor compiles of the full model) run when named.
+DEFAULT_SECTIONS = SECTIONS[:-2]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -101,6 +104,7 @@ def main(argv=None) -> int:
         "evaluate": lambda: bench_evaluate.run(args.quick),
         "batched": lambda: bench_batched.run(device, args.quick),
         "cpu": lambda: bench_cpu.run(device, args.quick, args.repeats),
+        "export": lambda: bench_export.run(device, args.quick, args.repeats),
     }
     tag = args.tag or "{}-{}{}".format("cuda" if device.type == "cuda" else "cpu", env["date"][:10],
                                        "-quick" if args.quick else "")

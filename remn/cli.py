@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "train": ("remn.train.cli", "train REMN on DAVIS / YouTube-VOS layouts or synthetic videos"),
     "demo": ("remn.train.demo", "synthetic videos → short training → segmentation → evaluation"),
     "ablate": ("remn.evaluate.ablate", "ablation of local attention, adaptive update and the gated bank (J&F, memory, time)"),
+    "export": ("remn.export.cli", "the per-frame step graphs as ONNX, for the onnxruntime engine"),
 }
 
 

@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--fused", dest="fused", action="store_true", default=True,
                        help="Triton kernels for the memory read and local attention on CUDA (default)")
     model.add_argument("--no-fused", dest="fused", action="store_false", help="the PyTorch reference ops")
+    model.add_argument("--engine", choices=("pytorch", "onnxruntime"), default="pytorch",
+                       help="onnxruntime: run the graphs `remn export` wrote to --onnx DIR (pip install remn[onnx])")
+    model.add_argument("--onnx", metavar="DIR", help="the export folder --engine onnxruntime runs (its weights are in the graphs)")
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available; torchrun: cuda:LOCAL_RANK)")
     model.add_argument("--batch-videos", type=int, default=1, metavar="N",
                        help="segment N videos of a dataset at once in one batch (default 1)")
@@ -147,21 +150,30 @@ def _run(args) -> int:
     from remn.inference import runner
 
     config = config_from_args(args)
+    if (args.engine == "onnxruntime") != (args.onnx is not None):
+        raise ValueError("--engine onnxruntime runs the graphs in --onnx DIR (written by remn export): give both")
+    if args.onnx is not None and (args.batch_videos > 1 or args.both_ways or args.weights):
+        raise ValueError("--engine onnxruntime runs one video at a time, one way, with the exported weights: "
+                         "drop --batch-videos, --both-ways and --weights")
     jobs = _plan(args)
     context = runner.init_distributed(args.device)
     try:
         runner.check_jobs(jobs, context, args.overwrite, args.resume)  # before any work, on every rank
-        if context.is_main and args.weights is None:
+        if context.is_main and args.weights is None and args.onnx is None:
             print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
         if context.is_main and config.precision != "fp32" and context.device.type != "cuda":
             print(f"remn segment: --precision {config.precision} applies on CUDA only; running in float32 on {context.device}",
                   file=sys.stderr)
 
         def make_model(device):
+            if args.onnx is not None:
+                from remn.inference.onnx_engine import OnnxRuntimeEngine
+
+                return OnnxRuntimeEngine(args.onnx)
             torch.manual_seed(0)  # without --weights: the same random model on every rank and every run
             return build_model(fused=args.fused, config=config.model, weights=args.weights, device=device)
 
-        untrained = " (random weights: not results)" if args.weights is None else ""
+        untrained = " (random weights: not results)" if args.weights is None and args.onnx is None else ""
         try:
             outcomes = runner.run_jobs(jobs, make_model, config, context, progress=not args.no_progress and context.is_main,
                                        batch_videos=args.batch_videos, resume=args.resume)

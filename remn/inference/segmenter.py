@@ -133,12 +133,26 @@ class Segmenter:
     (`remn.inference.fast_path`: BatchNorm folded, per-frame inputs shared by the objects,
     channels-last; with precision "bf16", bf16 encoders and decoder) unless
     fast_path=False; a FastPathSettings picks the routes. Start a new video with `reset()` (or a new Segmenter).
+    engine: "pytorch" runs the model's step functions; "onnxruntime" runs the exported graphs
+    instead (`remn export`; `model` is then the export folder or a
+    `remn.inference.onnx_engine.OnnxRuntimeEngine`), under the same memory policy; None (the
+    default): "pytorch", or the kind an engine object passed as `model` names (its `engine`).
     """
 
-    def __init__(self, model, config: InferenceConfig | str = "remn", fast_path: FastPathSettings | bool | None = None):
+    def __init__(self, model, config: InferenceConfig | str = "remn", fast_path: FastPathSettings | bool | None = None,
+                 engine: str | None = None):
         self.config = resolve_inference_config(config)
-        self.model = inference_model(model, fast_path, self.config.precision)
-        self.device = next(model.parameters()).device
+        engine = getattr(model, "engine", "pytorch") if engine is None else engine
+        if engine == "onnxruntime":
+            from remn.inference.onnx_engine import OnnxRuntimeEngine
+
+            self.model = model if isinstance(model, OnnxRuntimeEngine) else OnnxRuntimeEngine(model)
+            self.device = self.model.device
+        elif engine == "pytorch":
+            self.model = inference_model(model, fast_path, self.config.precision)
+            self.device = next(model.parameters()).device
+        else:
+            raise ValueError(f"engine must be 'pytorch' or 'onnxruntime', got {engine!r}")
         self.reset()
 
     def reset(self) -> None:
