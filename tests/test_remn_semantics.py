@@ -138,7 +138,8 @@ def test_bank_keeps_each_slots_own_score_and_drops_the_lowest(model, clip):
     """Mutations caught: EMAs folded into the wrong slots; evicting or dropping any frame but
     the lowest-scored unprotected one(s). Every removal is recorded with the scores then."""
     frames, masks = clip
-    segmenter = Segmenter(model, config(capacity=4, change_threshold=0.0, gate_threshold=0.3, gate_momentum=0.5))
+    segmenter = Segmenter(model, config(capacity=4, change_threshold=0.0, gate_threshold=0.3, gate_momentum=0.5,
+                                        drop_unused=False))
     bank_removals = []
     segmenter.step(frames[0], masks[0])
     bank = segmenter.memory.bank
@@ -162,9 +163,30 @@ def test_bank_keeps_each_slots_own_score_and_drops_the_lowest(model, clip):
             assert max(removed) <= min(scores[s] for s in kept)
 
 
+def test_gate_drops_as_many_frames_as_it_predicts_unused(model):
+    """⌊T − Σ scores⌋ frames go, the lowest-scored unprotected ones; protected frames stay."""
+    memory = make_memory_manager(model, config(capacity=None, gate_threshold=0.0).memory)
+    bank = memory.bank
+    bank.add_group()
+    for frame in range(6):
+        bank.append(torch.full((1, 16, 2, 2), float(frame)), [torch.zeros(1, 1, 64, 2, 2)], frame, protected=frame == 0)
+    bank.scores = [0.1, 0.9, 0.3, 0.95, 0.6, 0.85]  # Σ = 3.7 of T = 6: ⌊2.3⌋ = 2 unused
+    memory._drop_by_gate()
+    assert bank.frames == [0, 1, 3, 5]  # frames 2 (0.3) and 4 (0.6) go; frame 0 scores lowest but is protected
+    assert torch.equal(bank.keys[0, 0, :4, 0, 0], torch.tensor([0.0, 1.0, 3.0, 5.0]))
+    memory._drop_by_gate()  # Σ = 2.8 of 4: ⌊1.2⌋ = 1 more, the lowest unprotected (frame 5, 0.85)
+    assert bank.frames == [0, 1, 3] and memory.stats.gate_dropped == 3
+    kept = make_memory_manager(model, config(capacity=None, gate_threshold=0.0, drop_unused=False).memory)
+    kept.bank.add_group()
+    kept.bank.append(torch.zeros(1, 16, 2, 2), [torch.zeros(1, 1, 64, 2, 2)], 0, protected=False)
+    kept.bank.scores = [0.2]
+    kept._drop_by_gate()
+    assert kept.bank.frames == [0]
+
+
 def test_bank_scores_start_at_the_first_read_of_each_slot(model, clip):
     frames, masks = clip
-    segmenter = Segmenter(model, config(capacity=None, change_threshold=0.0, gate_threshold=0.0))
+    segmenter = Segmenter(model, config(capacity=None, change_threshold=0.0, gate_threshold=0.0, drop_unused=False))
     seen = []
     network = segmenter.model  # the model the Segmenter runs (on a CPU, its prepared copy)
     real_segment = network.segment

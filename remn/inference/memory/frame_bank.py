@@ -30,11 +30,18 @@ FrameBankMemory's policy, all of it in this file:
   bank keeps frames in time order and the entry frame is protected, so that is a suffix of
   the bank, read as a view); the core soft-aggregates the groups' per-object
   probabilities together. The model adds the gate's log scores to each frame's logits.
-- Where memory is dropped (`_drop_below_threshold`, `_make_room`):
+- Where memory is dropped (`_drop_by_gate`, `_make_room`):
   * each memory frame carries the EMA of its gate scores (sigmoid of
     `SegmentOutput.gate_log_scores`, starting at its first score); when a read's scores
-    are settled, frames whose EMA is below `gate_threshold` are removed (gate=True and a
-    model with a gate);
+    are settled, the gate decides how many frames to drop (gate=True and a model with a
+    gate). It was trained (`remn.train.losses.gate_targets`) to score frame m of a T-frame
+    read y_m = min(1, T · a_m), a_m the share of the read's attention frame m receives: a
+    frame used at least as much as a uniform share scores 1, one used half as much 0.5. The
+    scores' sum over the bank is then the gate's estimate of how many frames' worth of the
+    read is used, and T − Σ_m s_m of how many are not: with `drop_unused`, the
+    ⌊T − Σ_m s_m⌋ lowest-scored unprotected frames are removed (an untrained gate, every
+    score ≈ 0.9975, drops nothing below T = 400). Frames whose EMA is below
+    `gate_threshold` are removed as well;
   * when a frame must enter a full bank (`capacity` frames), the frame with the lowest
     EMA is removed, or the oldest without gate scores;
   * protected frames are never removed; a full bank of protected frames only is an error
@@ -72,7 +79,8 @@ class FrameBankSettings(MemorySettings):
     max_gap: int = 10  # "adaptive": memorise at the latest this many frames after the last memorised one
     capacity: int | None = 20  # memory frames at most (None: unbounded, storage grows by doubling)
     gate: bool = True  # the gate's scores bias the read, and frames are dropped by them (a model with a gate); False: no gate
-    gate_threshold: float = 0.05  # drop a frame whose gate score EMA falls below this (0 disables)
+    drop_unused: bool = True  # drop the ⌊T − Σ gate scores⌋ lowest-scored frames: those the gate predicts the read does not use
+    gate_threshold: float = 0.05  # also drop a frame whose gate score EMA falls below this (0 disables)
     gate_momentum: float = 0.9  # EMA: score ← momentum · score + (1 − momentum) · this frame's score
 
     def __post_init__(self):
@@ -335,14 +343,19 @@ class FrameBankMemory(MemoryManager):
         for slot, score in enumerate(scores):
             old = self.bank.scores[slot]
             self.bank.scores[slot] = score if old is None else momentum * old + (1 - momentum) * score
-        self._drop_below_threshold()
+        self._drop_by_gate()
 
-    def _drop_below_threshold(self) -> None:
+    def _drop_by_gate(self) -> None:
+        """Remove the frames the gate predicts the read does not use (module docstring)."""
+        scores, protected = self.bank.scores, self.bank.protected
         threshold = self.settings.gate_threshold
-        doomed = [
-            slot for slot, (score, protected) in enumerate(zip(self.bank.scores, self.bank.protected))
-            if not protected and score is not None and score < threshold
-        ]
+        scored = [slot for slot, score in enumerate(scores) if score is not None]
+        candidates = sorted((s for s in scored if not protected[s]), key=lambda s: (scores[s], s))  # lowest first
+        doomed = {slot for slot in candidates if scores[slot] < threshold}
+        if self.settings.drop_unused and scored:
+            unused = math.floor(len(scored) - sum(scores[s] for s in scored) + 1e-9)
+            doomed.update(candidates[:unused])
+        doomed = sorted(doomed)
         self.bank.remove(doomed)
         self.stats.gate_dropped += len(doomed)
         self._count()
