@@ -83,12 +83,19 @@ def test_each_video_equals_its_one_at_a_time_run(model, rde_model, preset, overr
         calls.append((features.batch, memory_key.shape[2]))
         return segment(features, memory_key, *args, **kwargs)
 
+    encodes = []
+    encode_value = batch.model.encode_value
+
+    def counting_encode_value(features, masks):
+        encodes.append(masks.shape[0])
+        return encode_value(features, masks)
+
     for name in "abcd":
         batch.add(name)
     position = {name: 0 for name in data}
     got = {name: [] for name in data}
     reports = {}
-    batch.model.segment = counting_segment
+    batch.model.segment, batch.model.encode_value = counting_segment, counting_encode_value
     try:
         while batch.videos:
             inputs = {}
@@ -104,8 +111,9 @@ def test_each_video_equals_its_one_at_a_time_run(model, rde_model, preset, overr
                     if name == "b":
                         batch.add("e")  # joins while a, c and d go on
     finally:
-        del batch.model.segment
+        del batch.model.segment, batch.model.encode_value
     assert any(b > 1 for b, _ in calls), "no batched read happened"
+    assert any(b > 1 for b in encodes), "no memory frames were encoded together"
     for name, (want, want_report) in expected.items():
         assert len(got[name]) == len(want)
         for mine, theirs in zip(got[name], want):

@@ -7,7 +7,9 @@ drives the phases of `Segmenter.step` for all the videos that have a frame this 
 1. `_prepare` per video (inputs checked, the frame counted);
 2. one `model.encode_key` on the frames of all videos whose working size is the same
    (videos of other sizes form their own batches);
-3. `_write_memory` per video (each policy settles and writes for itself);
+3. each video's policy settles and says whether its previous frame enters memory; one
+   `model.encode_value` on the chosen frames of each size and object count, then each
+   video's memory writes its own;
 4. one `model.segment` per working size (and `GroupRead.gated`) on every object group
    of every video: item i is (video v, group g) and reads what v's memory manager says
    g reads (`GroupRead`). Memories of different lengths T_i are zero-padded to
@@ -166,8 +168,7 @@ class BatchSegmenter:
             images = [self.videos[name]._resize(prepared[name][0], size) for name in names]  # [1, 3, h, w] each
             batch = self.model.encode_key(torch.cat(images))  # one key encoder pass on len(names) frames
             queries.update((name, (batch, index)) for index, name in enumerate(names))
-        for name in inputs:
-            self.videos[name]._write_memory()
+        self._write_memory(list(inputs))
         probs = self._read(queries)
         results = {}
         for name in inputs:
@@ -194,6 +195,22 @@ class BatchSegmenter:
                     segmenter.frame_index, segmenter._input_size, segmenter._work_size = saved[done]
                 raise VideoStepError(name, err) from err
         return prepared
+
+    def _write_memory(self, names: list[Hashable]) -> None:
+        """Each video's `Segmenter._write_memory`, the chosen frames encoded together: one
+        `encode_value` per (previous encode batch, object count)."""
+        chosen: dict[tuple[int, int], list[tuple[Hashable, object]]] = {}
+        for name in names:
+            last = self.videos[name]._frame_to_write()
+            if last is not None:
+                source = self._last_query[name][0]
+                chosen.setdefault((id(source), last.object_probs.shape[1]), []).append((name, last))
+        for group in chosen.values():
+            features = gather_features([self._last_query[name] for name, _ in group])
+            probs = torch.cat([last.object_probs for _, last in group])  # [B, O, Hp, Wp]
+            values = self.model.encode_value(features, probs)  # [B, O, Cv, h, w]
+            for index, (name, last) in enumerate(group):
+                self.videos[name].memory.write(last.index, last.features.key, values[index:index + 1])
 
     # ------------------------------------------------------------------ read
     def _read(self, queries: dict[Hashable, tuple[FrameFeatures, int]]) -> dict[Hashable, torch.Tensor]:

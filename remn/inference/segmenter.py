@@ -293,14 +293,20 @@ class Segmenter:
 
         Runs after this frame's key encoder is queued: on CUDA the host may wait here for
         the previous frame's decision while the GPU works."""
-        last = self._last
-        if last is None or last.decision is None:
-            return
-        decision, last.decision = last.decision, None
-        self.memory.settle()
-        if decision.get():
+        last = self._frame_to_write()
+        if last is not None:
             values = self.model.encode_value(last.features, last.object_probs)  # [1, O, Cv, h, w]
             self.memory.write(last.index, last.features.key, values)
+
+    def _frame_to_write(self) -> _LastFrame | None:
+        """Settle the memory; the last frame when the policy chose it (to be encoded and
+        written now), else None."""
+        last = self._last
+        if last is None or last.decision is None:
+            return None
+        decision, last.decision = last.decision, None
+        self.memory.settle()
+        return last if decision.get() else None
 
     def _read(self, features: FrameFeatures) -> torch.Tensor:
         """Each object group reads its memory; → aggregated probabilities [1, O+1, Hp, Wp]."""
