@@ -115,8 +115,6 @@ def _plan(args):
         raise ValueError("give either --davis-root or --youtube-root, not both")
     if datasets and args.input:
         raise ValueError(f"give either an input video or {datasets[0]}, not both")
-    if args.davis_root:
-        return runner.davis_jobs(args.davis_root, args.split or "val", args.year, args.output, args.sequences, args.overlay)
     if datasets and (args.mask_frame is not None or args.both_ways):
         raise ValueError("--mask-frame and --both-ways apply to one video; dataset runs keep their first-frame protocol")
     if args.youtube_root:
@@ -125,6 +123,8 @@ def _plan(args):
         raise ValueError("give an input video (folder of frames or video file) with --mask, or --davis-root / --youtube-root")
     if not args.mask:
         raise ValueError("one video needs --mask with its first frame's annotation")
+    if args.davis_root:
+        return runner.davis_jobs(args.davis_root, args.split or "val", args.year, args.output, args.sequences, args.overlay)
     if args.sequences:
         raise ValueError("--sequences selects sequences of a dataset; it does not apply to one video")
     mask_frame = args.mask_frame
