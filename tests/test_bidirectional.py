@@ -153,6 +153,9 @@ def test_segment_from_a_middle_frame_writes_every_frame(model, clip, tmp_path, c
     assert main(["segment", str(tmp_path / "frames"), "--mask-frame", "9", "--mask", str(tmp_path / "k.png"),
                  "--output", str(tmp_path / "bad"), *FAST]) == 2
     assert "not a frame index" in capsys.readouterr().err
+    assert main(["segment", "--davis-root", str(tmp_path / "davis"), "--mask-frame", "3", "--output",
+                 str(tmp_path / "d"), *FAST]) == 2
+    assert "dataset runs keep their first-frame protocol" in capsys.readouterr().err
 
 
 def test_video_file_streams_forward_and_refuses_both_ways(clip, tmp_path, capsys):
