@@ -149,3 +149,33 @@ def assert_same(got: dict, want: dict, exact: bool) -> None:
                 assert np.array_equal(mine, theirs), name
             else:
                 assert (mine != theirs).mean() < 0.01, name
+
+
+def test_batched_youtube_videos_whose_objects_start_late(tmp_path, capsys):
+    """--batch-videos on YouTube-VOS: frames before a video's first object get empty PNGs
+    while the other videos in the batch step on; results as one at a time."""
+    from remn.data.palette import write_annotation, write_frame
+    from remn.data.synthetic import make_clip
+
+    root = tmp_path / "yt"
+    meta = {"videos": {}}
+    for seed, (video, start) in enumerate((("a", 0), ("b", 2), ("c", 1))):
+        frames, masks = make_clip(40 + seed, num_frames=FRAMES, height=40, width=56, num_objects=2)
+        names = [f"{5 * t:05d}" for t in range(FRAMES)]
+        for t, name in enumerate(names):
+            write_frame(root / "valid" / "JPEGImages" / video / f"{name}.jpg", frames[t])
+        write_annotation(root / "valid" / "Annotations" / video / f"{names[start]}.png", masks[start])
+        meta["videos"][video] = {"objects": {"1": {"frames": names[start:]}, "2": {"frames": names[start:]}}}
+    (root / "valid" / "meta.json").write_text(json.dumps(meta))
+    outputs = {}
+    for batch in (1, 3):
+        out = tmp_path / f"out{batch}"
+        args = ["segment", "--youtube-root", str(root), "--set", "valid", "--output", str(out), *FAST]
+        assert main([*args, "--batch-videos", str(batch)]) == 0
+        outputs[batch] = {v: [read_annotation(p)[0] for p in sorted((out / v).glob("*.png"))] for v in "abc"}
+    assert "3 done, 0 redone, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert not outputs[3]["b"][0].any() and not outputs[3]["b"][1].any() and outputs[3]["b"][2].any()
+    for video in "abc":
+        assert len(outputs[3][video]) == FRAMES
+        for mine, theirs in zip(outputs[3][video], outputs[1][video]):
+            assert (mine != theirs).mean() < 0.01
