@@ -101,6 +101,7 @@ def test_resume_redoes_incomplete_and_killed_videos(davis_root, reference, tmp_p
     assert segment(davis_root, out, "--resume") == 0
     captured = capsys.readouterr().out
     assert f"{NAMES[0]}: complete, skipped" in captured
+    assert sum(line.endswith("(redone: earlier results replaced)") for line in captured.splitlines()) == 2
     assert "0 done, 2 redone, 1 skipped, 0 failed" in captured
     assert_same(results(out), reference, exact=True)
 

@@ -472,7 +472,8 @@ def run_jobs(
     def finished(position: int, outcome: VideoOutcome) -> None:
         outcomes[position] = outcome
         if outcome.report is not None:
-            log(prefix + outcome.report.summary())
+            redone = " (redone: earlier results replaced)" if outcome.status == "redone" else ""
+            log(prefix + outcome.report.summary() + redone)
         else:
             print(f"remn segment: error: {outcome.error}; its results were removed", file=sys.stderr)
 
