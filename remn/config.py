@@ -117,13 +117,13 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(
         ModelConfig(
             name="small",
-            key_dim=32,
-            value_dim=128,
+            key_dim=24,
+            value_dim=96,
             key_width=16,
-            key_blocks=(1, 2, 2),
-            value_width=16,
+            key_blocks=(1, 1, 1),
+            value_width=12,
             value_blocks=(1, 1, 1),
-            decoder_dims=(64, 64),
+            decoder_dims=(48, 48),
             gate_hidden=32,
             local_radius=2,
         ),

@@ -75,9 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(needs an rde model; without --config it picks the rde preset)")
     memory.add_argument("--mem-every", type=int, help="memorise every N-th frame (switches to the fixed schedule)")
     memory.add_argument("--change-threshold", type=float, help="adaptive update: memorise when 1 − IoU exceeds this")
+    memory.add_argument("--appearance-threshold", type=float,
+                        help="adaptive update: memorise when an object's mean key turns by more than this (1 − cos)")
     memory.add_argument("--max-gap", type=int, help="adaptive update: memorise at least every N frames")
     memory.add_argument("--capacity", type=int, help="memory frames at most (0: unbounded)")
     memory.add_argument("--gate-threshold", type=float, help="drop memory frames whose gate score falls below this")
+    memory.add_argument("--keep-unused", action="store_true",
+                        help="the gate drops no frame it predicts unused (only those below --gate-threshold)")
     memory.add_argument("--top-k", type=int, help="keys each query reads from (0: all)")
 
 
@@ -99,7 +103,9 @@ def config_from_args(args):
         overrides["mem_every"] = args.mem_every
         if "update" in {f.name for f in dataclasses.fields(policy)}:  # the frame bank: the fixed schedule
             overrides["update"] = "every"
-    for flag in ("change_threshold", "max_gap", "gate_threshold"):
+    if args.keep_unused:
+        overrides["drop_unused"] = False
+    for flag in ("change_threshold", "appearance_threshold", "max_gap", "gate_threshold"):
         if getattr(args, flag) is not None:
             overrides[flag] = getattr(args, flag)
     if args.capacity is not None:
@@ -117,14 +123,14 @@ def _plan(args):
         raise ValueError(f"give either an input video or {datasets[0]}, not both")
     if datasets and (args.mask_frame is not None or args.both_ways):
         raise ValueError("--mask-frame and --both-ways apply to one video; dataset runs keep their first-frame protocol")
+    if args.davis_root:
+        return runner.davis_jobs(args.davis_root, args.split or "val", args.year, args.output, args.sequences, args.overlay)
     if args.youtube_root:
         return runner.youtube_jobs(args.youtube_root, args.split or "valid", args.output, args.sequences, args.overlay)
     if not args.input:
         raise ValueError("give an input video (folder of frames or video file) with --mask, or --davis-root / --youtube-root")
     if not args.mask:
         raise ValueError("one video needs --mask with its first frame's annotation")
-    if args.davis_root:
-        return runner.davis_jobs(args.davis_root, args.split or "val", args.year, args.output, args.sequences, args.overlay)
     if args.sequences:
         raise ValueError("--sequences selects sequences of a dataset; it does not apply to one video")
     mask_frame = args.mask_frame

@@ -316,6 +316,7 @@ class Segmenter:
             group_previous = None if last is None else (last.features, last.object_probs[:, read.group.channels])
             outputs.append(self.model.segment(
                 features, read.keys, read.values, memory_bias=read.bias, previous=group_previous, top_k=self.config.top_k,
+                gate=read.gated,
             ))
         self.memory.read_done(outputs)
         return combine_groups(outputs)

@@ -487,17 +487,17 @@ LEARNING_RECIPE = dict(
 )
 
 # `remn train --synthetic SUITE` starts from these (flags given replace them): the recipe
-# above, scaled to the small model on the hard suite. 6-frame clips, so a query reads banks of
-# up to 5 frames and the gate learns on banks, not pairs; 96×144 crops of the 128×192 videos
+# above, scaled to the small model on the hard suite. 5-frame clips, so a query reads banks of
+# up to 4 frames and the gate learns on banks, not pairs; 96×144 crops of the 128×192 videos
 # (a 6×9 key map: a radius-2 window covers 25 of 54 positions, so the local branch learns
 # where its window matters), one video object pair per clip with the twins unannotated. Sized
 # to finish in about 15 minutes on 2 cores.
 SUITE_RECIPES = {
     "hard": dict(
-        model="small", crop_size=(96, 144), min_crop_area=0.6, num_frames=6, max_objects=2,
-        iterations=700, batch_size=4, lr=1e-3, lr_decay_at=(0.8,), warmup=20,
-        skip_curriculum=((0.0, 2), (0.4, 4)), bootstrap_range=(0, 300), bootstrap_top_p=0.3,
-        gate_weight=0.1, contrastive_weight=0.0, save_every=100, log_every=25, clip_grad=5.0, threads=2,
+        model="small", crop_size=(96, 144), min_crop_area=0.6, num_frames=5, max_objects=2,
+        iterations=400, batch_size=4, lr=1.5e-3, lr_decay_at=(0.8,), warmup=20,
+        skip_curriculum=((0.0, 2), (0.4, 4)), bootstrap_range=(0, 160), bootstrap_top_p=0.3,
+        gate_weight=0.1, contrastive_weight=0.0, save_every=50, log_every=10, clip_grad=5.0, threads=2,
         precision="fp32", freeze_batchnorm=False,
     ),
 }
