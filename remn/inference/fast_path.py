@@ -30,7 +30,6 @@ see that section for why.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from remn.model.modules import ResBlock, UpsampleBlock
-from remn.model.network import REMN, FrameFeatures, repeat_per_object
+from remn.model.network import REMN, FrameFeatures
 from remn.model.resnet import BasicBlock, Bottleneck, ResNetStem
 from remn.precision import check_precision
 
@@ -72,13 +71,6 @@ class FastPathSettings:
         """bf16 on or off for a config's `precision` (`remn.precision`)."""
         check_precision(precision, "precision")
         return precision == "bf16" if self.bf16 is None else self.bf16
-
-
-def sensible_threads() -> int:
-    """The intra-op threads to use: torch's default (one per physical core), capped at the
-    CPUs this process may run on (a container's CPU set is often smaller than the machine,
-    and oversubscribed OpenMP threads spin against each other)."""
-    return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))))
 
 
 def fold_batchnorm(module: nn.Module) -> None:
