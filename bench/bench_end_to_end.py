@@ -102,7 +102,7 @@ def run(device: torch.device, quick: bool) -> list[dict]:
         segment_clip(segmenter, frames_on_device, masks[0])
         with nvml:
             report = segment_clip(segmenter, frames_on_device, masks[0])
-        with stage_timers(model, device) as totals:
+        with stage_timers(segmenter.model, device) as totals:  # the model the Segmenter runs (on a CPU, its fast copy)
             segment_clip(segmenter, frames_on_device, masks[0])
         results.append({
             "memory": memory, "config": config, "size": f"{size[1]}x{size[0]}", "objects": objects, "precision": precision,
