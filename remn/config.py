@@ -81,7 +81,8 @@ _FRAME_BANK = {"policy": "remn"}  # the frame bank with its defaults (remn.infer
 # The one preset table. Inference presets:
 # - remn: adaptive update, gated bank of 20 frames, local attention, top-k 20;
 # - stcn: STCN's own inference: the annotated frame plus every 5th frame counted from it,
-#   unbounded, no gate, no local attention, top-k 20;
+#   unbounded, no gate, no local attention, top-k 20, fp32 as published (the others default
+#   to precision "auto": bf16 on CUDA);
 # - rde: RDE-VOS's "two frames + compress": the recurrent embedding and the last memorised
 #   frame in fixed slots, a frame memorised every 3 frames, top-k 40;
 # - tiny: the remn policy on a narrow, shallow model (tests, demo);
@@ -93,11 +94,11 @@ PRESETS: dict[str, Preset] = {
     "stcn": Preset(
         ModelConfig(name="stcn", gate=False, local_attention=False),
         {"memory": {"policy": "remn", "update": "every", "mem_every": 5, "capacity": None, "gate": False},
-         "top_k": 20, "local_attention": False},
+         "top_k": 20, "local_attention": False, "precision": "fp32"},
     ),
     "rde": Preset(
         ModelConfig(name="rde", gate=False, local_attention=False, memory="rde"),
-        {"memory": {"policy": "rde", "mem_every": 3}, "top_k": 40, "local_attention": False},
+        {"memory": {"policy": "rde", "mem_every": 3}, "top_k": 40, "local_attention": False, "precision": "fp32"},
     ),
     "tiny": Preset(
         ModelConfig(

@@ -270,6 +270,8 @@ def test_one_preset_table_gives_model_and_inference():
         assert config.memory.needs_compressor == (row.model.memory == "rde")
     with pytest.raises(TypeError):
         remn.PRESETS["remn"].inference["top_k"] = 1  # the table is read-only
+    # bf16 on CUDA by default; the published presets run fp32, as their inference did
+    assert [resolve_inference_config(n).precision for n in ("remn", "small", "stcn", "rde")] == ["auto", "auto", "fp32", "fp32"]
 
 
 # ----------------------------------------------------------------------------- no host waits

@@ -66,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--batch-videos", type=int, default=1, metavar="N",
                        help="segment N videos of a dataset at once in one batch (default 1)")
     model.add_argument("--precision", choices=PRECISIONS,
-                       help="autocast on CUDA (default fp32; auto: bf16 where supported, else fp16)")
+                       help="default auto: bf16 autocast on CUDA (fp16 without bf16), fp32 on the CPU (the stcn and "
+                            "rde presets: fp32, as published); bf16 on the CPU runs the fast path's bf16 encoders and "
+                            "decoder; fp16 is CUDA only")
     model.add_argument("--size", type=int, help="shorter side frames are resized to (default 480; 0 keeps the input size)")
 
     memory = parser.add_argument_group("memory (defaults from the preset)")
@@ -167,8 +169,8 @@ def _run(args) -> int:
         runner.check_jobs(jobs, context, args.overwrite, args.resume)  # before any work, on every rank
         if context.is_main and args.weights is None and args.onnx is None:
             print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
-        if context.is_main and config.precision != "fp32" and context.device.type != "cuda":
-            print(f"remn segment: --precision {config.precision} applies on CUDA only; running in float32 on {context.device}",
+        if context.is_main and config.precision == "fp16" and context.device.type != "cuda":
+            print(f"remn segment: --precision fp16 applies on CUDA only; running in float32 on {context.device}",
                   file=sys.stderr)
 
         def make_model(device):

@@ -495,9 +495,9 @@ LEARNING_RECIPE = dict(
 SUITE_RECIPES = {
     "hard": dict(
         model="small", crop_size=(96, 144), min_crop_area=0.6, num_frames=5, max_objects=2,
-        iterations=400, batch_size=4, lr=1.5e-3, lr_decay_at=(0.8,), warmup=20,
-        skip_curriculum=((0.0, 2), (0.4, 4)), bootstrap_range=(0, 160), bootstrap_top_p=0.3,
-        gate_weight=0.1, contrastive_weight=0.0, save_every=50, log_every=10, clip_grad=5.0, threads=2,
+        iterations=1000, batch_size=4, lr=1.5e-3, lr_decay_at=(0.8,), warmup=20,
+        skip_curriculum=((0.0, 2), (0.4, 4)), bootstrap_range=(0, 400), bootstrap_top_p=0.3,
+        gate_weight=0.1, contrastive_weight=0.0, save_every=100, log_every=25, clip_grad=5.0, threads=2,
         precision="fp32", freeze_batchnorm=False,
     ),
 }
