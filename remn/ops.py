@@ -173,13 +173,17 @@ def _memory_read_backward_op(
     )
 
 
-@_memory_read_backward_op.register_fake
-def _memory_read_backward_fake(grad_out, query_key, memory_key, memory_value, key_bias, scale, top_k, needs_grad):
-    tensors = (query_key, memory_key, memory_value, key_bias)
+def _gradient_fakes(grad_out, tensors, needs_grad):
+    """The shapes a backward op returns: like each input that needs a gradient, else empty."""
     return tuple(
         torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None and need else grad_out.new_empty(0)
         for t, need in zip(tensors, needs_grad)
     )
+
+
+@_memory_read_backward_op.register_fake
+def _memory_read_backward_fake(grad_out, query_key, memory_key, memory_value, key_bias, scale, top_k, needs_grad):
+    return _gradient_fakes(grad_out, (query_key, memory_key, memory_value, key_bias), needs_grad)
 
 
 @torch.library.custom_op("remn::local_attention_backward", mutates_args=())
@@ -203,11 +207,7 @@ def _local_attention_backward_op(
 
 @_local_attention_backward_op.register_fake
 def _local_attention_backward_fake(grad_out, query_key, key, value, radius, key_bias, scale, needs_grad):
-    tensors = (query_key, key, value, key_bias)
-    return tuple(
-        torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None and need else grad_out.new_empty(0)
-        for t, need in zip(tensors, needs_grad)
-    )
+    return _gradient_fakes(grad_out, (query_key, key, value, key_bias), needs_grad)
 
 
 def _memory_read_setup(ctx, inputs, output):
