@@ -121,6 +121,35 @@ def test_flags_map_onto_the_inference_config():
     assert (config.name, config.size, bank.change_threshold, bank.max_gap, bank.gate_threshold) == (
         "remn", None, 0.3, 7, 0.2)
     assert bank.capacity is None and config.top_k is None and config.precision == "bf16"
+    config = config_from_args(parser.parse_args([
+        "v", "--output", "o", "--appearance-threshold", "0.3", "--keep-unused"]))
+    assert (config.memory.appearance_threshold, config.memory.drop_unused) == (0.3, False)
+
+
+def test_no_fast_path_runs_the_model_as_built(monkeypatch, tmp_path, video):
+    """--no-fast-path reaches every engine the runner builds: each runs the built model itself."""
+    from remn.inference import BatchSegmenter, BothWaysSegmenter, Segmenter
+    from remn.inference import runner
+
+    model = remn.build_model(config="tiny", fused=False, device="cpu")
+    assert Segmenter(model, "tiny", fast_path=False).model is model
+    assert Segmenter(model, "tiny").model is not model  # the CPU default: a prepared copy
+    assert BatchSegmenter(model, "tiny", fast_path=False).model is model
+    assert BothWaysSegmenter(model, "tiny", fast_path=False).batch.model is model
+    from remn.inference.fast_path import FastREMN
+
+    prepared = []  # per run: whether the Segmenter the runner built runs a prepared copy
+
+    class RecordingSegmenter(Segmenter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            prepared.append(isinstance(self.model, FastREMN))
+
+    monkeypatch.setattr(runner, "Segmenter", RecordingSegmenter)
+    frames, mask = video / "frames", video / "first.png"
+    assert segment(frames, "--mask", mask, "--output", tmp_path / "a", "--no-fast-path", *FAST) == 0
+    assert segment(frames, "--mask", mask, "--output", tmp_path / "b", *FAST) == 0
+    assert prepared == [False, True]
 
 
 def test_youtube_layout(tmp_path, capsys):

@@ -108,13 +108,14 @@ class BatchSegmenter:
     """Semi-supervised VOS on several videos at once, each as if run alone.
 
     model: a REMN in eval mode; config: an InferenceConfig or a preset name, shared by all
-    videos. `add(name)` starts a video, `step({name: FrameInput, ...})` segments the next
+    videos; fast_path: as `Segmenter`'s (None: the prepared copy on a CPU). `add(name)` starts a video, `step({name: FrameInput, ...})` segments the next
     frame of each named video, `remove(name)` ends one and returns its report.
     """
 
-    def __init__(self, model, config: InferenceConfig | str = "remn"):
+    def __init__(self, model, config: InferenceConfig | str = "remn", fast_path=None):
         self.config = resolve_inference_config(config)
-        self.model = Segmenter(model, self.config).model  # the model a Segmenter runs, shared by every video
+        # the model a Segmenter runs, shared by every video
+        self.model = Segmenter(model, self.config, fast_path=fast_path).model
         self.videos: dict[Hashable, Segmenter] = {}
         self._last_query: dict[Hashable, tuple[FrameFeatures, int]] = {}  # each video's previous frame in its batch
 
@@ -128,7 +129,7 @@ class BatchSegmenter:
         """Start a new video called `name` (its first step needs a mask)."""
         if name in self.videos:
             raise ValueError(f"video {name!r} is already in the batch")
-        self.videos[name] = Segmenter(self.model, self.config)
+        self.videos[name] = Segmenter(self.model, self.config, fast_path=False)  # self.model as it is
 
     def remove(self, name: Hashable) -> VideoReport:
         """End video `name`: its report (waiting for its queued work on CUDA)."""

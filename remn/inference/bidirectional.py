@@ -103,11 +103,12 @@ class FramePrediction:
 class BothWaysSegmenter:
     """Semi-supervised VOS from annotations on any frames, propagated both ways.
 
-    model: a REMN in eval mode; config: an InferenceConfig or a preset name (every run's).
+    model: a REMN in eval mode; config: an InferenceConfig or a preset name (every run's);
+    fast_path: as `Segmenter`'s.
     """
 
-    def __init__(self, model, config: InferenceConfig | str = "remn"):
-        self.batch = BatchSegmenter(model, config)
+    def __init__(self, model, config: InferenceConfig | str = "remn", fast_path=None):
+        self.batch = BatchSegmenter(model, config, fast_path=fast_path)
         self.reports: list[VideoReport] = []  # one per run of the last `run`
 
     def run(self, num_frames: int, frame: Callable[[int], object],

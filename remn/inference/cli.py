@@ -69,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="default auto: bf16 autocast on CUDA (fp16 without bf16), fp32 on the CPU (the stcn and "
                             "rde presets: fp32, as published); bf16 on the CPU runs the fast path's bf16 encoders and "
                             "decoder; fp16 is CUDA only")
+    model.add_argument("--no-fast-path", dest="fast_path", action="store_false", default=None,
+                       help="on a CPU, run the model as built (no BatchNorm folding, shared inputs, channels-last)")
     model.add_argument("--size", type=int, help="shorter side frames are resized to (default 480; 0 keeps the input size)")
 
     memory = parser.add_argument_group("memory (defaults from the preset)")
@@ -184,7 +186,7 @@ def _run(args) -> int:
         untrained = " (random weights: not results)" if args.weights is None and args.onnx is None else ""
         try:
             outcomes = runner.run_jobs(jobs, make_model, config, context, progress=not args.no_progress and context.is_main,
-                                       batch_videos=args.batch_videos, resume=args.resume)
+                                       batch_videos=args.batch_videos, resume=args.resume, fast_path=args.fast_path)
         except runner.RunInterrupted as stopped:
             print(f"summary{untrained}: " + runner.summarise_outcomes(stopped.outcomes))
             print(f"remn segment: interrupted by {stopped}", file=sys.stderr)

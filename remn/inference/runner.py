@@ -451,10 +451,12 @@ def run_jobs(
     log: Callable[[str], None] = print,
     batch_videos: int = 1,
     resume: bool = False,
+    fast_path: bool | None = None,
 ) -> list[VideoOutcome] | None:
     """Run this rank's share of `jobs` (rank r: r, r + world, ...; `check_jobs` first) with
     the model `make_model(device)` builds and the InferenceConfig `config`, `batch_videos`
-    videos at a time; returns every job's outcome on rank 0, None on the other ranks.
+    videos at a time (fast_path: as `Segmenter`'s); returns every job's outcome on rank 0,
+    None on the other ranks.
     Interrupted (SIGINT, SIGTERM): raises RunInterrupted with this rank's outcomes."""
     if isinstance(batch_videos, bool) or not isinstance(batch_videos, int) or batch_videos < 1:
         raise ValueError(f"batch_videos must be an int >= 1, got {batch_videos!r}")
@@ -484,12 +486,13 @@ def run_jobs(
         try:
             with _sigterm_interrupts():
                 for position, job, status in both_ways:  # its runs form one batch of their own
-                    engine = BothWaysSegmenter(model, config)
+                    engine = BothWaysSegmenter(model, config, fast_path=fast_path)
                     finished(position, _run_one(lambda: run_both_ways(engine, job, progress), job, status))
                 if batch_videos > 1 and forward:
-                    _run_batched(BatchSegmenter(model, config), forward, batch_videos, finished, progress)
+                    _run_batched(BatchSegmenter(model, config, fast_path=fast_path), forward, batch_videos, finished,
+                                 progress)
                 elif forward:
-                    segmenter = Segmenter(model, config)
+                    segmenter = Segmenter(model, config, fast_path=fast_path)
                     for position, job, status in forward:
                         finished(position, _run_one(lambda: run_video(segmenter, job, progress), job, status))
         except KeyboardInterrupt as interrupt:
