@@ -371,25 +371,15 @@ def write_davis_dataset(
     """
     if not isinstance(num_sequences, (int, np.integer)) or num_sequences < 1:
         raise ValueError(f"num_sequences must be an integer >= 1, got {num_sequences!r}")
-    if int(year) not in (2016, 2017):
-        raise ValueError(f"year must be 2016 or 2017, got {year}")
     root = Path(root)
     names = [f"synthetic-{index:03d}" for index in range(num_sequences)]
-    split_file = root / "ImageSets" / str(int(year)) / f"{split}.txt"
-    if split_file.is_file():
-        foreign = [n for n in split_file.read_text().split() if not n.startswith("synthetic-")]
-        if foreign:
-            raise ValueError(
-                f"{split_file} lists sequences that are not synthetic ({', '.join(foreign[:3])}); "
-                "refusing to overwrite a real dataset's split file"
-            )
+    split_file = _checked_split_file(root, year, split, lambda name: name.startswith("synthetic-"), "synthetic")
     for index, name in enumerate(names):
         frames, masks = make_clip(
             sequence_seed(seed, index), num_frames, height, width, num_objects, distractors=1
         )
         _write_sequence(root, name, frames, masks)
-    split_file.parent.mkdir(parents=True, exist_ok=True)
-    split_file.write_text("".join(f"{name}\n" for name in names))
+    _write_split(split_file, names)
     return names
 
 
@@ -437,13 +427,10 @@ SUITES: dict[str, dict[str, tuple[SuitePart, ...]]] = {
 def suite_clips(suite: str, split: str = "val", *, seed: int = 0, size: tuple[int, int] = HARD_SIZE):
     """The videos of a suite's split, in order: yields (name, frames uint8 [T, H, W, 3],
     masks uint8 [T, H, W]). Seeds differ between splits, so train never sees a val video."""
-    if suite not in SUITES:
-        raise ValueError(f"unknown synthetic suite {suite!r}; suites: {sorted(SUITES)}")
-    if split not in SUITES[suite]:
-        raise ValueError(f"synthetic suite {suite!r} has no split {split!r}; splits: {sorted(SUITES[suite])}")
+    parts = _suite_parts(suite, split)
     height, width = size
     split_code = sum(ord(c) << (8 * i) for i, c in enumerate(split))
-    for part in SUITES[suite][split]:
+    for part in parts:
         for index in range(part.count):
             clip_seed = int(np.random.SeedSequence([seed, split_code, index, len(part.kind)]).generate_state(1)[0])
             frames, masks = make_clip(clip_seed, part.num_frames, height, width, **dict(part.options))
@@ -459,20 +446,43 @@ def write_suite(root, suite: str, *, seed: int = 0, split: str = "val", size: tu
     that lists sequences it did not write.
     """
     root = Path(root)
-    split_file = root / "ImageSets" / str(int(year)) / f"{split}.txt"
-    kinds = {part.kind for part in SUITES.get(suite, {}).get(split, ())}
-    if split_file.is_file():
-        foreign = [n for n in split_file.read_text().split() if n.rsplit("-", 1)[0] not in kinds]
-        if foreign:
-            raise ValueError(f"{split_file} lists sequences this suite did not write ({', '.join(foreign[:3])}); "
-                             "refusing to overwrite another dataset's split file")
+    kinds = {part.kind for part in _suite_parts(suite, split)}
+    split_file = _checked_split_file(root, year, split, lambda name: name.rsplit("-", 1)[0] in kinds,
+                                     f"of suite {suite!r}")
     names = []
     for name, frames, masks in suite_clips(suite, split, seed=seed, size=size):
         _write_sequence(root, name, frames, masks)
         names.append(name)
+    _write_split(split_file, names)
+    return names
+
+
+def _suite_parts(suite: str, split: str) -> tuple[SuitePart, ...]:
+    """SUITES[suite][split], or ValueError naming what exists."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown synthetic suite {suite!r}; suites: {sorted(SUITES)}")
+    if split not in SUITES[suite]:
+        raise ValueError(f"synthetic suite {suite!r} has no split {split!r}; splits: {sorted(SUITES[suite])}")
+    return SUITES[suite][split]
+
+
+def _checked_split_file(root: Path, year, split: str, ours, what: str) -> Path:
+    """ImageSets/{year}/{split}.txt under root; ValueError when it exists and lists a
+    sequence `ours(name)` does not claim (another dataset's split file is never overwritten)."""
+    if int(year) not in (2016, 2017):
+        raise ValueError(f"year must be 2016 or 2017, got {year}")
+    split_file = root / "ImageSets" / str(int(year)) / f"{split}.txt"
+    if split_file.is_file():
+        foreign = [name for name in split_file.read_text().split() if not ours(name)]
+        if foreign:
+            raise ValueError(f"{split_file} lists sequences that are not {what} ({', '.join(foreign[:3])}); "
+                             "refusing to overwrite another dataset's split file")
+    return split_file
+
+
+def _write_split(split_file: Path, names: list[str]) -> None:
     split_file.parent.mkdir(parents=True, exist_ok=True)
     split_file.write_text("".join(f"{name}\n" for name in names))
-    return names
 
 
 def _write_sequence(root: Path, name: str, frames: np.ndarray, masks: np.ndarray) -> None:

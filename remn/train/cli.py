@@ -130,7 +130,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for name in TUPLE_FIELDS:
         if name in given:
             given[name] = tuple(given[name])
-    recipe = SUITE_RECIPES.get(given.get("synthetic"), {}) if isinstance(given.get("synthetic"), str) else {}
+    recipe = SUITE_RECIPES.get(given.get("synthetic"), {})  # only a suite name has one
     return TrainConfig(**{**recipe, **given})
 
 
