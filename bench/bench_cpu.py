@@ -6,7 +6,11 @@ T = 5 frames (`update="every", mem_every=1, capacity=5`), top-20 and local atten
 the `remn` preset reads. Once every variant's memory holds 5 frames, the variants step
 the following frames in turn, one frame each per round (interleaved, so that load from
 other processes falls on all of them alike); a variant's figure is the median of its
-rounds. Each frame's labels are compared with plain eager fp32's labels of the same frame.
+rounds. Every frame's labels after the annotated one are compared with plain eager fp32's
+labels of the same frame. The model has random weights unless `weights` names a trained
+checkpoint of the preset (`python bench/run.py --sections cpu --weights FILE`): with random
+weights the objects' logits are nearly tied on many pixels, so any change of rounding flips
+some labels, and only trained weights say what a route keeps.
 
 Variants:
 - `eager fp32, ops before #17`: plain eager fp32 with the reference ops as they were
@@ -18,9 +22,11 @@ Variants:
   matrix products per tile of rows).
 - one row per fast-path route alone on top of `eager fp32`: `fold BN`, `share inputs`,
   `channels-last`, `bf16` (`remn.inference.fast_path.FastPathSettings`);
-- `fast path (default)`: what `Segmenter` runs on a CPU by default (fp32);
-- `fast path + bf16`: the same with bf16 encoders and decoder (InferenceConfig.precision
-  "bf16").
+- `fast path fp32`: every route but bf16;
+- `fast path + bf16`: every route (InferenceConfig.precision "bf16").
+The result's `default` names the one `Segmenter` runs on a CPU by default (precision "auto",
+`FastPathSettings().resolved_bf16`): today `fast path fp32`, since bf16 does not keep the
+labels (README, "Fast on a CPU").
 """
 from __future__ import annotations
 
@@ -50,8 +56,8 @@ ROUTES = {
 }
 BASELINE = "eager fp32"
 PRE_ISSUE = "eager fp32, ops before #17"
-DEFAULT = "fast path (default)"
-DEFAULT_BF16 = "fast path + bf16"
+FAST_FP32 = "fast path fp32"
+FAST_BF16 = "fast path + bf16"
 
 
 def dense_memory_read(query_key, memory_key, memory_value, key_bias=None, *, scale=None, top_k=None):
@@ -114,9 +120,14 @@ def variants() -> dict[str, FastPathSettings | bool]:
     """name → the Segmenter's fast_path argument."""
     rows = {PRE_ISSUE: False, BASELINE: False}
     rows.update(ROUTES)
-    rows[DEFAULT] = None
-    rows[DEFAULT_BF16] = FastPathSettings(bf16=True)
+    rows[FAST_FP32] = FastPathSettings(bf16=False)
+    rows[FAST_BF16] = FastPathSettings(bf16=True)
     return rows
+
+
+def default_variant(precision: str) -> str:
+    """The variant a Segmenter with `precision` runs on this CPU by default (fast_path=None)."""
+    return FAST_BF16 if FastPathSettings().resolved_bf16(precision) else FAST_FP32
 
 
 def settings(quick: bool):
@@ -126,22 +137,25 @@ def settings(quick: bool):
     return "remn", (480, 864), (1, 2, 4), 3
 
 
-def run(device: torch.device, quick: bool, repeats: int | None = None, threads: int = 2) -> dict:
+def run(device: torch.device, quick: bool, repeats: int | None = None, threads: int = 2,
+        weights: str | None = None) -> dict:
     if device.type != "cpu":
         return {"skipped": f"the CPU section runs on a CPU, not {device}"}
+    if weights is not None and quick:
+        raise ValueError("--weights is for the full-size cpu section (the remn preset), not --quick's tiny model")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(quick, repeats, threads)
+        return _run(quick, repeats, threads, weights)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(quick: bool, repeats: int | None, threads: int) -> dict:
+def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) -> dict:
     preset, (height, width), object_counts, rounds = settings(quick)
     rounds = repeats or rounds
     torch.manual_seed(0)
-    model = remn.build_model(config=preset, device="cpu")
+    model = remn.build_model(config=preset, weights=weights, device="cpu")
     inference = resolve_inference_config(preset, size=None, update="every", mem_every=1, capacity=MEMORY_FRAMES)
     rows = []
     for objects in object_counts:
@@ -167,7 +181,7 @@ def _run(quick: bool, repeats: int | None, threads: int) -> dict:
                 labels[name] = result.labels
                 if timed:
                     times[name].append(elapsed * 1e3)
-            if timed:
+            if index > 0:
                 for name in segmenters:
                     agree[name].append((labels[name] == labels[BASELINE]).double().mean().item())
         for name, segmenter in segmenters.items():
@@ -185,7 +199,9 @@ def _run(quick: bool, repeats: int | None, threads: int) -> dict:
                 row["x_eager"] = row["ms_per_frame"] / base
                 row["x_pre_issue"] = row["ms_per_frame"] / pre
     return {
-        "model": preset, "threads": threads, "rounds": rounds, "top_k": inference.top_k,
+        "model": preset, "weights": weights or "random", "threads": threads, "rounds": rounds,
+        "top_k": inference.top_k, "default": default_variant(inference.precision),
+        "labels_compared_frames": MEMORY_FRAMES + rounds - 1,
         "native_bf16": cpu_has_native_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "rows": rows,
     }

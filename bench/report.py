@@ -84,8 +84,8 @@ def print_tables(results: dict) -> None:
         print(format_table(headers, rows))
     if results.get("cpu", {}).get("rows"):
         cpu = results["cpu"]
-        print(f"\n== CPU fast path ({cpu['model']}, {cpu['threads']} threads, T = 5, top-{cpu['top_k']}, "
-              f"native bf16: {cpu['native_bf16']}) ==")
+        print(f"\n== CPU fast path ({cpu['model']}, {cpu['weights']} weights, {cpu['threads']} threads, T = 5, "
+              f"top-{cpu['top_k']}, native bf16: {cpu['native_bf16']}; default: {cpu['default']}) ==")
         headers = ["variant", "objects", "size", "ms/frame", "x eager", "x before #17", "labels identical %",
                    "worst frame %"]
         rows = [[e["variant"], e["objects"], e["size"], e["ms_per_frame"], e["x_eager"], e["x_pre_issue"],
@@ -100,6 +100,10 @@ def print_tables(results: dict) -> None:
                  e["max_prob_diff"], e["labels_identical_pct"]] for e in export["rows"]]
         print(format_table(headers, rows))
         print("fastest: " + ", ".join(f"{objects} object(s): {name}" for objects, name in export["fastest"].items()))
+        all_keys = export["all_keys"]
+        print(f"all keys (top_k=None), {all_keys['objects']} objects, {all_keys['frames']} frames, against eager: "
+              + ", ".join(f"{e['engine']} max |Δp| {e['max_prob_diff']:.1e}, labels {e['labels_identical_pct']:.3f} %"
+                          for e in all_keys["rows"]))
     if results.get("evaluate"):
         print("\n== evaluation speed ==")
         entry = results["evaluate"]

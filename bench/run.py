@@ -58,6 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results",
                         help="folder for the JSON and the plot")
     parser.add_argument("--tag", default=None, help="name for the result files (default: device and date)")
+    parser.add_argument("--weights", default=None,
+                        help="trained weights of the full-size preset for the cpu section (default: random weights, "
+                             "seeded); its label agreement only means something with trained weights")
     parser.add_argument("--merge", action="store_true",
                         help="fold the sections measured now into an existing results file of the same tag, keeping "
                              "its other sections (a full run split over several calls)")
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
         "memory_growth": lambda: bench_memory_growth.run(device, args.quick),
         "evaluate": lambda: bench_evaluate.run(args.quick),
         "batched": lambda: bench_batched.run(device, args.quick),
-        "cpu": lambda: bench_cpu.run(device, args.quick, args.repeats),
+        "cpu": lambda: bench_cpu.run(device, args.quick, args.repeats, weights=args.weights),
         "export": lambda: bench_export.run(device, args.quick, args.repeats),
     }
     tag = args.tag or "{}-{}{}".format("cuda" if device.type == "cuda" else "cpu", env["date"][:10],
