@@ -45,6 +45,7 @@ from remn import reference
 from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
 from remn.inference.fast_path import FastPathSettings, cpu_has_native_bf16
+from remn.train.trainer import cpu_threads
 
 MEMORY_FRAMES = 5
 NO_ROUTE = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16=False)
@@ -143,12 +144,8 @@ def run(device: torch.device, quick: bool, repeats: int | None = None, threads: 
         return {"skipped": f"the CPU section runs on a CPU, not {device}"}
     if weights is not None and quick:
         raise ValueError("--weights is for the full-size cpu section (the remn preset), not --quick's tiny model")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with cpu_threads(threads):
         return _run(quick, repeats, threads, weights)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) -> dict:

@@ -39,9 +39,10 @@ import torch
 
 import remn
 from common import progress
-from remn.inference.fast_path import FastPathSettings
 from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
+from remn.inference.fast_path import FastPathSettings
+from remn.train.trainer import cpu_threads
 
 MEMORY_FRAMES = 5
 WARMUP = 3  # frames after the memory is full, untimed: torch.compile recompiles once the bank is at capacity
@@ -76,12 +77,8 @@ def onnx_providers(device: torch.device) -> list[str]:
 
 
 def run(device: torch.device, quick: bool, repeats: int | None = None, threads: int = 2) -> dict:
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with cpu_threads(threads):
         return _run(device, quick, repeats, threads)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(device: torch.device, quick: bool, repeats: int | None, threads: int) -> dict:
