@@ -7,7 +7,10 @@ the `remn` preset reads. Once every variant's memory holds 5 frames, the variant
 the following frames in turn, one frame each per round (interleaved, so that load from
 other processes falls on all of them alike); a variant's figure is the median of its
 rounds. Every frame's labels after the annotated one are compared with plain eager fp32's
-labels of the same frame. The model has random weights unless `weights` names a trained
+labels of the same frame, over all pixels and over the pixels eager fp32 decides: those
+whose top probability leads the runner-up by more than DECIDED_MARGIN. Where two classes
+are closer than that, the label is settled by rounding: every route, the exact-math fp32
+ones included, flips such pixels. The model has random weights unless `weights` names a trained
 checkpoint of the preset (`python bench/run.py --sections cpu --weights FILE`): with random
 weights the objects' logits are nearly tied on many pixels, so any change of rounding flips
 some labels, and only trained weights say what a route keeps.
@@ -21,16 +24,20 @@ Variants:
   (memory read in query chunks summing each query's k values; local attention as two
   matrix products per tile of rows).
 - one row per fast-path route alone on top of `eager fp32`: `fold BN`, `share inputs`,
-  `channels-last`, `bf16` (`remn.inference.fast_path.FastPathSettings`);
-- `fast path fp32`: every route but bf16;
-- `fast path + bf16`: every route (InferenceConfig.precision "bf16").
-The result's `default` names the one `Segmenter` runs on a CPU by default (precision "auto",
-`FastPathSettings().resolved_bf16`): today `fast path fp32`, since bf16 does not keep the
-labels (README, "Fast on a CPU").
+  `channels-last`, `bf16 encoders`, `bf16 encoders + decoder`
+  (`remn.inference.fast_path.FastPathSettings`);
+- `fast path fp32`: every fp32 route (FastPathSettings(bf16="none"));
+- `fast path + bf16 encoders`: every fp32 route, the encoders in bf16 (bf16="encoders");
+- `fast path + bf16`: every route, encoders and decoder in bf16 (bf16="all",
+  InferenceConfig.precision "bf16").
+The result's `default` names the one `Segmenter` runs on this CPU by default (precision
+"auto", `FastPathSettings().resolved_bf16`): `fast path + bf16 encoders` where the CPU has
+native bf16, else `fast path fp32`.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import statistics
 import time
@@ -48,17 +55,18 @@ from remn.inference.fast_path import FastPathSettings, cpu_has_native_bf16
 from remn.train.trainer import cpu_threads
 
 MEMORY_FRAMES = 5
-NO_ROUTE = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16=False)
+DECIDED_MARGIN = 1e-3  # a pixel eager fp32 decides: top probability − runner-up > this
+NO_ROUTE = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16="none")
 ROUTES = {
-    "fold BN": FastPathSettings(fold_batchnorm=True, share_inputs=False, channels_last=False, bf16=False),
-    "share inputs": FastPathSettings(fold_batchnorm=False, share_inputs=True, channels_last=False, bf16=False),
-    "channels-last": FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=True, bf16=False),
-    "bf16": FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16=True),
+    "fold BN": dataclasses.replace(NO_ROUTE, fold_batchnorm=True),
+    "share inputs": dataclasses.replace(NO_ROUTE, share_inputs=True),
+    "channels-last": dataclasses.replace(NO_ROUTE, channels_last=True),
+    "bf16 encoders": dataclasses.replace(NO_ROUTE, bf16="encoders"),
+    "bf16 encoders + decoder": dataclasses.replace(NO_ROUTE, bf16="all"),
 }
 BASELINE = "eager fp32"
 PRE_ISSUE = "eager fp32, ops before #17"
-FAST_FP32 = "fast path fp32"
-FAST_BF16 = "fast path + bf16"
+FAST_PATH = {"none": "fast path fp32", "encoders": "fast path + bf16 encoders", "all": "fast path + bf16"}
 
 
 def dense_memory_read(query_key, memory_key, memory_value, key_bias=None, *, scale=None, top_k=None):
@@ -121,14 +129,13 @@ def variants() -> dict[str, FastPathSettings | bool]:
     """name → the Segmenter's fast_path argument."""
     rows = {PRE_ISSUE: False, BASELINE: False}
     rows.update(ROUTES)
-    rows[FAST_FP32] = FastPathSettings(bf16=False)
-    rows[FAST_BF16] = FastPathSettings(bf16=True)
+    rows.update({name: FastPathSettings(bf16=parts) for parts, name in FAST_PATH.items()})
     return rows
 
 
 def default_variant(precision: str) -> str:
     """The variant a Segmenter with `precision` runs on this CPU by default (fast_path=None)."""
-    return FAST_BF16 if FastPathSettings().resolved_bf16(precision) else FAST_FP32
+    return FAST_PATH[FastPathSettings().resolved_bf16(precision)]
 
 
 def settings(quick: bool):
@@ -165,29 +172,38 @@ def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) ->
             prepare_seconds[name] = time.perf_counter() - started
         times = {name: [] for name in segmenters}
         agree = {name: [] for name in segmenters}
+        agree_decided = {name: [] for name in segmenters}
+        decided_fraction = []
         for index in progress(range(MEMORY_FRAMES + rounds), f"cpu, {objects} objects"):
             timed = index >= MEMORY_FRAMES
             mask = masks[0] if index == 0 else None
-            labels = {}
+            labels, probs = {}, {}
             for name, segmenter in segmenters.items():
                 old_ops = pre_issue_ops() if timed and name == PRE_ISSUE else contextlib.nullcontext()
                 with old_ops:
                     started = time.perf_counter()
                     result = segmenter.step(frames[index], mask)
                     elapsed = time.perf_counter() - started
-                labels[name] = result.labels
+                labels[name], probs[name] = result.labels, result.probs
                 if timed:
                     times[name].append(elapsed * 1e3)
             if index > 0:
+                top_two = probs[BASELINE].topk(2, dim=0).values  # [2, H, W]
+                decided = top_two[0] - top_two[1] > DECIDED_MARGIN  # [H, W]
+                decided_fraction.append(decided.double().mean().item())
                 for name in segmenters:
-                    agree[name].append((labels[name] == labels[BASELINE]).double().mean().item())
+                    same = labels[name] == labels[BASELINE]  # [H, W]
+                    agree[name].append(same.double().mean().item())
+                    agree_decided[name].append(same[decided].double().mean().item())
         for name, segmenter in segmenters.items():
             report = segmenter.report()
             rows.append({
                 "variant": name, "objects": objects, "size": f"{width}x{height}", "memory_frames": report.memory_frames,
                 "ms_per_frame": statistics.median(times[name]), "ms_samples": times[name],
                 "labels_identical_pct": 100.0 * statistics.fmean(agree[name]),
-                "labels_identical_worst_frame_pct": 100.0 * min(agree[name]), "prepare_s": prepare_seconds[name],
+                "labels_identical_worst_frame_pct": 100.0 * min(agree[name]),
+                "labels_identical_decided_pct": 100.0 * statistics.fmean(agree_decided[name]),
+                "decided_pixels_pct": 100.0 * statistics.fmean(decided_fraction), "prepare_s": prepare_seconds[name],
             })
         base = next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == BASELINE)
         pre = next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == PRE_ISSUE)
@@ -198,7 +214,7 @@ def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) ->
     return {
         "model": preset, "weights": weights or "random", "threads": threads, "rounds": rounds,
         "top_k": inference.top_k, "default": default_variant(inference.precision),
-        "labels_compared_frames": MEMORY_FRAMES + rounds - 1,
+        "labels_compared_frames": MEMORY_FRAMES + rounds - 1, "decided_margin": DECIDED_MARGIN,
         "native_bf16": cpu_has_native_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "rows": rows,
     }

@@ -3,7 +3,9 @@
     "fp32"  full precision
     "bf16"  torch.autocast to bfloat16
     "fp16"  torch.autocast to float16 (CUDA only)
-    "auto"  bf16 on CUDA where the device supports it, else fp16; fp32 on the CPU
+    "auto"  bf16 on CUDA where the device supports it, else fp16; fp32 on the CPU (where
+            the CPU has native bf16, inference's fast path runs its encoders in bf16:
+            remn.inference.fast_path)
 """
 from __future__ import annotations
 

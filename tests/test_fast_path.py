@@ -8,17 +8,18 @@ import remn
 from remn import reference
 from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
+from remn.inference import fast_path
 from remn.inference.fast_path import (
     FastPathSettings, FastREMN, cpu_has_native_bf16, fold_batchnorm, inference_model, prepare_fast_model,
 )
 
 HEIGHT, WIDTH = 56, 72  # a padded band on both axes (not multiples of 16)
-ALL_OFF = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16=False)
+ALL_OFF = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16="none")
 ROUTES = {
     "fold": dataclasses.replace(ALL_OFF, fold_batchnorm=True),
     "share": dataclasses.replace(ALL_OFF, share_inputs=True),
     "channels_last": dataclasses.replace(ALL_OFF, channels_last=True),
-    "fp32 default": FastPathSettings(bf16=False),
+    "fp32 default": FastPathSettings(bf16="none"),
 }
 MODELS = {
     "tiny": {},
@@ -71,16 +72,36 @@ def test_each_fp32_route_computes_the_plain_model(models, route, model_name, num
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
-def test_bf16_route_errs_no_more_than_torch_autocast(models):
-    """bf16 encoders and decoder: their error against fp32 stays within 2× that of the plain
-    model under torch's own bf16 autocast (plus a rounding floor)."""
+@pytest.mark.parametrize("parts", ["encoders", "all"])
+def test_bf16_route_errs_no_more_than_torch_autocast(models, parts):
+    """bf16 encoders (and decoder): their error against fp32 stays within 2× that of the
+    plain model under torch's own bf16 autocast (plus a rounding floor)."""
     model = models["tiny"]
     fp32 = one_step(model, 2)
     autocast = one_step(model, 2, autocast=True)
-    fast = one_step(prepare_fast_model(model, FastPathSettings(bf16=True)), 2)
+    fast = one_step(prepare_fast_model(model, FastPathSettings(bf16=parts)), 2)
     for got, torch_bf16, want in zip(fast, autocast, fp32):
         scale = want.abs().max().item()
         assert (got - want).abs().max().item() <= 2 * (torch_bf16 - want).abs().max().item() + 1e-2 * scale
+
+
+def test_bf16_encoders_leave_the_decoder_in_fp32(models):
+    """bf16="encoders" rounds the encoders' outputs but decodes in fp32: on the same fp32
+    features and readout its decode is the plain model's, while bf16="all" changes it."""
+    model = models["tiny"]
+    image = torch.rand(1, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2))
+    encoders, every_part = (prepare_fast_model(model, FastPathSettings(bf16=parts)) for parts in ("encoders", "all"))
+    with torch.inference_mode():
+        features = model.encode_key(image)
+        plain_key = features.key
+        readout = torch.randn(1, 2, model.config.value_dim, *features.key.shape[-2:],
+                              generator=torch.Generator().manual_seed(3))  # [1, O, Cv, h, w]
+        want = model.decode(features, readout)
+        bf16_key = encoders.encode_key(image).key
+        assert bf16_key.dtype == torch.float32 and (bf16_key - plain_key).abs().max() > 1e-4 * plain_key.abs().max()
+        torch.testing.assert_close(encoders.decode(features, readout), want, rtol=1e-4,
+                                   atol=1e-4 * want.abs().max().item())
+        assert (every_part.decode(features, readout) - want).abs().max() > 1e-3 * want.abs().max()
 
 
 def test_preparing_leaves_the_model_and_the_random_stream_alone(models):
@@ -108,18 +129,26 @@ def test_bad_input_is_refused(models):
         fold_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1)).train())
     with pytest.raises(ValueError, match="channels_last must be a bool"):
         FastPathSettings(channels_last=1)
-    with pytest.raises(ValueError, match="bf16 must be a bool or None"):
-        FastPathSettings(bf16="yes")
+    for wrong in ("yes", True):
+        with pytest.raises(ValueError, match="bf16 must be one of"):
+            FastPathSettings(bf16=wrong)
     with pytest.raises(ValueError, match="fast_path must be"):
         inference_model(model, "on")
     with pytest.raises(ValueError, match="precision must be one of"):
         FastPathSettings().resolved_bf16("int8")
 
 
-def test_bf16_follows_the_precision_unless_set():
-    assert FastPathSettings().resolved_bf16("bf16") and not FastPathSettings().resolved_bf16("fp32")
-    assert not FastPathSettings().resolved_bf16("auto")  # "auto" is fp32 on the CPU (remn.precision)
-    assert FastPathSettings(bf16=True).resolved_bf16("fp32")
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_follows_the_precision_unless_set(monkeypatch, native):
+    monkeypatch.setattr(fast_path, "cpu_has_native_bf16", lambda: native)
+    assert FastPathSettings().resolved_bf16("bf16") == "all"
+    assert FastPathSettings().resolved_bf16("fp32") == "none"
+    assert FastPathSettings().resolved_bf16("auto") == ("encoders" if native else "none")
+    assert FastPathSettings(bf16="all").resolved_bf16("fp32") == "all"
+    assert FastPathSettings(bf16="none").resolved_bf16("auto") == "none"
+
+
+def test_native_bf16_is_torchs_report():
     assert cpu_has_native_bf16() == (torch.backends.cpu.get_cpu_capability() == "AVX512" and (
         torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
 
@@ -127,11 +156,12 @@ def test_bf16_follows_the_precision_unless_set():
 def test_segmenter_runs_the_fast_path_on_cpu_by_default_with_the_same_labels(models):
     model = models["tiny"]
     frames, masks = make_clip(seed=4, num_frames=5, height=HEIGHT, width=WIDTH, num_objects=2)
-    config = resolve_inference_config("tiny", size=None)
+    config = resolve_inference_config("tiny", size=None, precision="fp32")
     default, plain = Segmenter(model, config), Segmenter(model, config, fast_path=False)
-    assert isinstance(default.model, FastREMN) and not default.model.bf16
+    assert isinstance(default.model, FastREMN) and default.model.bf16 == "none"
     assert plain.model is model
-    assert Segmenter(model, resolve_inference_config(config, precision="bf16")).model.bf16
+    for precision, parts in (("bf16", "all"), ("auto", "encoders" if cpu_has_native_bf16() else "none")):
+        assert Segmenter(model, resolve_inference_config(config, precision=precision)).model.bf16 == parts
     for index, frame in enumerate(frames):
         mask = masks[0] if index == 0 else None
         fast_result, plain_result = default.step(frame, mask), plain.step(frame, mask)

@@ -94,7 +94,8 @@ def test_segmenter_gives_the_local_branch_the_previous_frame(model, clip):
     probabilities. A written-out loop (every frame in memory, no gate) with previous = the
     frame before and its padded probabilities must match the Segmenter's output."""
     frames, masks = clip
-    segmenter = Segmenter(model, config(update="every", mem_every=1, capacity=None, gate=False))
+    segmenter = Segmenter(model, config(update="every", mem_every=1, capacity=None, gate=False,
+                                      precision="fp32"))  # the loop below is the fp32 model
     results = [segmenter.step(frame, masks[0] if t == 0 else None) for t, frame in enumerate(frames[:5])]
     with torch.inference_mode():
         features = model.encode_key(image(frames[0]))

@@ -47,8 +47,9 @@ class InferenceConfig:
     top_k: int | None = 20  # keys each query reads from (None: all)
     local_attention: bool = True  # pass the previous frame and its probabilities to the model
     size: int | None = 480  # shorter side the frames are resized to (None: keep the input size)
-    # remn.precision. "auto" (default): bf16 autocast on CUDA (fp16 without bf16), fp32 on the CPU;
-    # "bf16" also runs the CPU fast path's bf16 encoders and decoder; "fp16" is CUDA only.
+    # remn.precision. "auto" (default): bf16 autocast on CUDA (fp16 without bf16); on the CPU fp32,
+    # with the fast path's encoders in bf16 where the CPU has native bf16; "bf16" on the CPU runs
+    # the fast path's encoders and decoder in bf16; "fp16" is CUDA only.
     precision: str = "auto"
 
     def __post_init__(self):

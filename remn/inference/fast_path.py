@@ -16,12 +16,16 @@ each a field of `FastPathSettings`:
   ≈ 40 % of the decoder's work per extra object at 480p.
 - `channels_last`: weights and activations in NHWC, the layout oneDNN's convolutions
   take natively.
-- `bf16`: the encoders and the decoder under `torch.autocast("cpu", torch.bfloat16)`;
-  the memory read, local attention and gate stay fp32 (the reference ops switch autocast
-  off). None (the default) follows `InferenceConfig.precision`: on for "bf16", off for
-  "fp32" and "auto" ("auto" is fp32 on the CPU, `remn.precision`). It pays where the
-  processor has native bf16 dot products (`cpu_has_native_bf16`: AVX512-BF16 or AMX, as
-  torch reports them); elsewhere oneDNN emulates it.
+- `bf16`: which parts run under `torch.autocast("cpu", torch.bfloat16)`: "none",
+  "encoders" (the key and value encoders) or "all" (the encoders and the decoder); the
+  memory read, local attention and gate stay fp32 (the reference ops switch autocast off).
+  None (the default) follows `InferenceConfig.precision`: "all" for "bf16", "none" for
+  "fp32", and for "auto" "encoders" where the processor has native bf16 dot products
+  (`cpu_has_native_bf16`: AVX512-BF16 or AMX, as torch reports them; elsewhere oneDNN
+  emulates bf16 and it does not pay), else "none". The encoders' outputs feed the memory
+  read and the decoder, and bf16 there flips no more labels than the fp32 routes' own
+  rounding; the decoder's output is the logit itself, and bf16 there flips labels the fp32
+  path decides (README, "Fast on a CPU").
 
 What pays and by how much is measured by `bench/bench_cpu.py` (`python bench/run.py
 --sections cpu`); the README's CPU section has the table. `torch.compile` is not a route:
@@ -51,6 +55,9 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+BF16_PARTS = ("none", "encoders", "all")  # what FastPathSettings.bf16 puts in bf16
+
+
 @dataclass(frozen=True)
 class FastPathSettings:
     """Which routes the fast path takes (each is measured alone in bench/bench_cpu.py)."""
@@ -58,19 +65,24 @@ class FastPathSettings:
     fold_batchnorm: bool = True
     share_inputs: bool = True
     channels_last: bool = True
-    bf16: bool | None = None  # None: as InferenceConfig.precision says ("bf16": on)
+    bf16: str | None = None  # one of BF16_PARTS; None: as InferenceConfig.precision says
 
     def __post_init__(self):
         for name in ("fold_batchnorm", "share_inputs", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FastPathSettings.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.bf16 is not None and not isinstance(self.bf16, bool):
-            raise ValueError(f"FastPathSettings.bf16 must be a bool or None (automatic), got {self.bf16!r}")
+        if self.bf16 is not None and self.bf16 not in BF16_PARTS:
+            raise ValueError(f"FastPathSettings.bf16 must be one of {BF16_PARTS} or None (as the precision says), "
+                             f"got {self.bf16!r}")
 
-    def resolved_bf16(self, precision: str = "fp32") -> bool:
-        """bf16 on or off for a config's `precision` (`remn.precision`)."""
+    def resolved_bf16(self, precision: str = "fp32") -> str:
+        """The parts in bf16 ("none", "encoders", "all") for a config's `precision` (`remn.precision`)."""
         check_precision(precision, "precision")
-        return precision == "bf16" if self.bf16 is None else self.bf16
+        if self.bf16 is not None:
+            return self.bf16
+        if precision == "bf16":
+            return "all"
+        return "encoders" if precision == "auto" and cpu_has_native_bf16() else "none"
 
 
 def fold_batchnorm(module: nn.Module) -> None:
@@ -156,19 +168,24 @@ def _upsample_shared_skip(block: UpsampleBlock, skip: torch.Tensor, up: torch.Te
 class FastREMN(REMN):
     """A REMN prepared for inference by `prepare_fast_model`: the same step API and function.
 
-    Its encoders and decoder run under bf16 autocast when `bf16` is set (their outputs are
-    handed on in fp32, so memory, local attention, the gate and the read are fp32 as in the
-    plain model); with `split_shared_inputs()` applied, encode_value and decode compute
-    each frame's shared inputs once for all its objects.
+    `bf16` (one of BF16_PARTS) names the parts that run under bf16 autocast: "encoders"
+    (encode_key, encode_value) or "all" (the decoder too). Their outputs are handed on in
+    fp32, so memory, local attention, the gate and the read are fp32 as in the plain model.
+    With `split_shared_inputs()` applied, encode_value and decode compute each frame's
+    shared inputs once for all its objects.
     """
 
-    def __init__(self, config, fused: bool = True, bf16: bool = False):
+    def __init__(self, config, fused: bool = True, bf16: str = "none"):
         super().__init__(config, fused=fused)
+        if bf16 not in BF16_PARTS:
+            raise ValueError(f"FastREMN bf16 must be one of {BF16_PARTS}, got {bf16!r}")
         self.bf16 = bf16
         self.shares_inputs = False
 
-    def _autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+    def _autocast(self, part: str):
+        """bf16 autocast for `part` ("encoders" or "decoder") when `bf16` includes it."""
+        on = self.bf16 == "all" or (self.bf16 == "encoders" and part == "encoders")
+        return torch.autocast("cpu", dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
     def split_shared_inputs(self) -> None:
         """Replace the value encoder's stem and fuser input block and the decoder's compress
@@ -182,9 +199,9 @@ class FastREMN(REMN):
         self.shares_inputs = True
 
     def encode_key(self, frames: torch.Tensor) -> FrameFeatures:
-        with self._autocast():
+        with self._autocast("encoders"):
             features = super().encode_key(frames)
-        if not self.bf16:
+        if self.bf16 == "none":
             return features
         tensors = {name: getattr(features, name).float() for name in ("image", "key", "key_comp", "f16", "f8", "f4")}
         return FrameFeatures(**tensors, padding=features.padding, size=features.size)
@@ -192,14 +209,14 @@ class FastREMN(REMN):
     def encode_value(self, features: FrameFeatures, masks: torch.Tensor) -> torch.Tensor:
         """As `REMN.encode_value`: masks [B, O, H, W] or [B, O, Hp, Wp] → values [B, O, Cv, h, w]."""
         if not self.shares_inputs:
-            with self._autocast():
+            with self._autocast("encoders"):
                 return super().encode_value(features, masks).float()
         self._check_masks("masks", masks, features)
         batch, num_objects = masks.shape[:2]
         masks = self._padded(masks, features).to(features.image.dtype)  # [B, O, Hp, Wp]
         others = masks.sum(dim=1, keepdim=True) - masks  # [B, O, Hp, Wp]
         encoder = self.value_encoder
-        with self._autocast():
+        with self._autocast("encoders"):
             pairs = torch.stack([masks, others], dim=2).flatten(0, 1)  # [B·O, 2, Hp, Wp]
             x = encoder.conv1(pairs, features.image)  # [B·O, w, Hp/2, Wp/2]
             x = encoder.layer3(encoder.layer2(encoder.layer1(encoder.maxpool(encoder.relu(encoder.bn1(x))))))
@@ -211,11 +228,11 @@ class FastREMN(REMN):
     def decode(self, features: FrameFeatures, readout: torch.Tensor) -> torch.Tensor:
         """As `REMN.decode`: readout [B, O, Cv, h, w] → per-object logits [B, O, Hp, Wp]."""
         if not self.shares_inputs:
-            with self._autocast():
+            with self._autocast("decoder"):
                 return super().decode(features, readout).float()
         batch, num_objects = readout.shape[:2]
         decoder = self.decoder
-        with self._autocast():
+        with self._autocast("decoder"):
             x = decoder.compress(readout.flatten(0, 1), features.key_comp)  # [B·O, Cv, h, w]
             x = _upsample_shared_skip(decoder.up_16_8, features.f8, x)  # [B·O, D0, 2h, 2w]
             x = _upsample_shared_skip(decoder.up_8_4, features.f4, x)  # [B·O, D1, 4h, 4w]
@@ -234,9 +251,9 @@ def prepare_fast_model(model: REMN, settings: FastPathSettings | None = None, pr
         raise ValueError("prepare_fast_model needs the model in eval mode (call model.eval())")
     parameter = next(model.parameters())
     on_cpu = parameter.device.type == "cpu"
-    if settings.bf16 and not on_cpu:
+    if settings.bf16 not in (None, "none") and not on_cpu:
         raise ValueError(f"FastPathSettings.bf16 is the CPU's autocast; on {parameter.device} use InferenceConfig.precision")
-    bf16 = on_cpu and settings.resolved_bf16(precision)  # off the CPU the Segmenter's autocast applies `precision`
+    bf16 = settings.resolved_bf16(precision) if on_cpu else "none"  # off the CPU the Segmenter's autocast applies `precision`
     with torch.device("meta"):  # no storage and no random init: the weights come from `model`
         fast = FastREMN(model.config, fused=model.fused, bf16=bf16)
     fast.load_state_dict({name: tensor.clone() for name, tensor in model.state_dict().items()}, assign=True)
@@ -261,7 +278,7 @@ def inference_model(model: REMN, fast_path: FastPathSettings | bool | None = Non
 
     fast_path None (the default): on a CPU, `prepare_fast_model(model)` with the default
     settings; on another device `model` itself (the routes are not yet measured on a GPU).
-    True: the default settings on any device (off the CPU bf16 stays off: there the
+    True: the default settings on any device (off the CPU bf16 stays "none": there the
     Segmenter's own autocast applies `precision`). A FastPathSettings: those settings.
     False: `model` itself. A model already prepared is returned as it is.
     """
