@@ -93,3 +93,23 @@ def test_kernel_benchmarks_run_under_pytest_benchmark():
                           capture_output=True, text=True, timeout=900, cwd=BENCH.parents[1])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout
+
+
+def test_quick_cpu_section_compares_every_route_with_eager_fp32(tmp_path):
+    """`--sections cpu` (not in --quick's default sections): every variant per object count,
+    timed against eager fp32, its labels compared on all pixels and on the decided ones."""
+    done = subprocess.run([sys.executable, str(BENCH), "--quick", "--sections", "cpu", "--output", str(tmp_path),
+                           "--tag", "cpu"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cpu = json.loads((tmp_path / "cpu.json").read_text())["cpu"]
+    variants = {row["variant"] for row in cpu["rows"]}
+    assert cpu["default"] in variants and {"eager fp32", "fast path fp32", "fast path + bf16"} <= variants
+    for objects in (1, 2):
+        rows = {row["variant"]: row for row in cpu["rows"] if row["objects"] == objects}
+        assert set(rows) == variants
+        assert rows["eager fp32"]["x_eager"] == 1 and rows["eager fp32"]["labels_identical_pct"] == 100
+        assert all(row["ms_per_frame"] > 0 and 0 <= row["labels_identical_pct"] <= 100 for row in rows.values())
+        assert 0 <= rows["eager fp32"]["decided_pixels_pct"] <= 100
+        for name in ("fold BN", "share inputs", "channels-last", "fast path fp32"):  # the fp32 math: decided labels kept
+            assert rows[name]["labels_identical_decided_pct"] in (None, 100.0), (objects, name)
+    assert "== CPU fast path" in done.stdout
