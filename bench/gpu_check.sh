@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One call on a fresh GPU machine (an H100/H200 lent for minutes): install remn, run the
-# CUDA tests, the kernel microbenchmarks and the end-to-end, 1080p and memory sections, and
-# write everything into one folder, in under 8 minutes. A session that is lent a GPU runs
-# this first and commits the folder.
+# CUDA tests, the kernel microbenchmarks, the end-to-end, 1080p and memory sections and the
+# fast path's routes on CUDA, and write everything into one folder, in under 8 minutes. A
+# session that is lent a GPU runs this first and commits the folder.
 #
 #   bash bench/gpu_check.sh [--archive FILE.tar.gz] [--output DIR] [--budget SECONDS]
 #   bash bench/gpu_check.sh --dry-run      # the same steps on a CPU, CPU-sized: a few seconds (CI)
@@ -134,6 +134,7 @@ if [ "$DRY_RUN" = 1 ]; then
     step kernels 60 bench memory_read
     step end_to_end 30 sections_exist end_to_end
     step high_resolution_memory 30 sections_exist high_resolution memory_growth
+    step cuda_fast_path 60 bench cuda_fast_path
 else
     # The whole suite: the CUDA-only cases (real sizes, bf16, no host sync in a step) run here.
     workers=()
@@ -142,6 +143,9 @@ else
     step kernels 110 bench memory_read local_attention
     step end_to_end 100 bench end_to_end
     step high_resolution_memory 70 bench high_resolution memory_growth
+    # Last, with what the budget has left: the fast path's routes on CUDA, torch.compile's
+    # CUDA graphs included (their compile falls in the untimed pass).
+    step cuda_fast_path 100 bench cuda_fast_path
 fi
 
 {

@@ -82,6 +82,15 @@ def print_tables(results: dict) -> None:
         rows = [[e["config"], e["size"], e["fused"], e["batch"], e["frames_per_video"], e["videos_per_s"], e["fps"],
                  e["one_at_a_time_fps"], e["x_one_at_a_time"], e["label_pixels_differing"]] for e in results["batched"]]
         print(format_table(headers, rows))
+    if results.get("cuda_fast_path", {}).get("rows"):
+        cuda = results["cuda_fast_path"]
+        print(f"\n== fast path on {results['environment']['device']} ({cuda['model']}, {cuda['weights']} weights, "
+              f"{cuda['frames']} frames) ==")
+        headers = ["variant", "objects", "size", "precision", "FPS", "x plain", "warm-up s", "memory frames",
+                   "labels identical %"]
+        rows = [[e["variant"], e["objects"], e["size"], e["precision"], e["fps"], e["x_plain"], e["warmup_s"],
+                 e["memory_frames"], f"{e['labels_identical_pct']:.2f}"] for e in cuda["rows"]]
+        print(format_table(headers, rows))
     if results.get("cpu", {}).get("rows"):
         cpu = results["cpu"]
         print(f"\n== CPU fast path ({cpu['model']}, {cpu['weights']} weights, {cpu['threads']} threads, T = 5, "

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_batched  # noqa: E402
 import bench_cpu  # noqa: E402
+import bench_cuda_fast_path  # noqa: E402
 import bench_end_to_end  # noqa: E402
 import bench_evaluate  # noqa: E402
 import bench_export  # noqa: E402
@@ -40,7 +41,7 @@ from remn.data.atomic import atomic_path  # noqa: E402
 from report import print_tables, write_plot  # noqa: E402
 
 SECTIONS = ("memory_read", "local_attention", "end_to_end", "high_resolution", "segment", "memory_growth", "evaluate",
-            "batched", "cpu", "export")
+            "batched", "cuda_fast_path", "cpu", "export")
 # "cpu" (the CPU fast path at 480p, about 15 minutes on 2 cores) and "export" (eager vs torch.compile vs
 # ONNX Runtime, with an export and Inductor compiles of the full model) run when named.
 DEFAULT_SECTIONS = SECTIONS[:-2]
@@ -106,6 +107,7 @@ def main(argv=None) -> int:
         "memory_growth": lambda: bench_memory_growth.run(device, args.quick),
         "evaluate": lambda: bench_evaluate.run(args.quick),
         "batched": lambda: bench_batched.run(device, args.quick),
+        "cuda_fast_path": lambda: bench_cuda_fast_path.run(device, args.quick),
         "cpu": lambda: bench_cpu.run(device, args.quick, args.repeats, weights=args.weights),
         "export": lambda: bench_export.run(device, args.quick, args.repeats),
     }

@@ -31,6 +31,13 @@ def test_quick_benchmark_writes_results(tmp_path):
     rde = [row for row in results["memory_growth"] if row["policy"] == "rde recurrent embedding"]
     assert rde and all(row["memory_frames"] <= 3 for row in rde)  # embedding, last, annotated
     assert results["evaluate"]["speedup"] > 0
+    cuda_fast_path = results["cuda_fast_path"]["rows"]  # on a CPU: the tiny model, no compiled variant
+    assert {(row["variant"], row["objects"]) for row in cuda_fast_path} == {
+        (variant, objects) for variant in ("plain", "fast path") for objects in (1, 2)}
+    assert all(row["fps"] > 0 and row["warmup_s"] > 0 and 0 <= row["labels_identical_pct"] <= 100
+               for row in cuda_fast_path)
+    assert all(row["x_plain"] == 1 and row["labels_identical_pct"] == 100 for row in cuda_fast_path
+               if row["variant"] == "plain")
     assert "== memory read ==" in done.stdout and "== end to end ==" in done.stdout
     assert "== high resolution, full memory ==" in done.stdout
 

@@ -193,3 +193,56 @@ def test_local_attention_in_row_tiles_equals_one_tile(monkeypatch, radius):
     tiled = reference.local_attention(query_key, key, value, radius, key_bias)
     torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_trunks_trace_as_whole_graphs_and_compute_the_same(models, monkeypatch, mode):
+    """compile_mode: each trunk goes through torch.compile(fullgraph=True, dynamic=False), so a
+    graph break fails here. The compiler backend is swapped for dynamo's eager one (Inductor
+    takes minutes on this CPU; bench/bench_cuda_fast_path.py compiles for real): the traced
+    graphs then run the same ops, one compile per trunk and shape (object count)."""
+    compiled = []
+    real_compile = torch.compile
+
+    def traced_only(fn, *, mode, fullgraph, dynamic):
+        compiled.append((fn.__name__, mode, fullgraph, dynamic))
+        return real_compile(fn, backend="eager", fullgraph=fullgraph, dynamic=dynamic)
+
+    monkeypatch.setattr(torch, "compile", traced_only)
+    torch._dynamo.reset()
+    model = models["tiny"]
+    fast = prepare_fast_model(model, FastPathSettings(bf16="none", compile_mode=mode))
+    plain = prepare_fast_model(model, FastPathSettings(bf16="none"))
+    assert fast.compile_mode == mode and plain.compile_mode is None
+    assert compiled == [(name, mode, True, False) for name in ("_key_trunk", "_value_trunk", "_decode_trunk")]
+    for num_objects in (1, 3):  # a second object count recompiles the value and decode trunks
+        for got, want in zip(one_step(fast, num_objects), one_step(plain, num_objects)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    torch._dynamo.reset()
+
+
+def test_cuda_graph_modes_hand_back_copies_a_replay_cannot_overwrite(monkeypatch):
+    """A CUDA-graph replay writes its outputs into the same memory each time; the trunks'
+    outputs outlive the call (a frame's features serve the next frame), so they are copied."""
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(True))
+    static = torch.zeros(3), torch.zeros(2)
+
+    def replay(x):  # what a captured graph does: the same output buffers every call
+        static[0].copy_(x)
+        static[1].fill_(x.sum())
+        return static
+
+    run = fast_path._graph_outputs_copied(replay)
+    first = run(torch.ones(3))
+    second = run(torch.full((3,), 2.0))
+    assert len(marks) == 2
+    assert torch.equal(first[0], torch.ones(3)) and torch.equal(first[1], torch.full((2,), 3.0))
+    assert torch.equal(second[0], torch.full((3,), 2.0)) and second[0].data_ptr() != static[0].data_ptr()
+
+
+def test_compile_mode_is_checked():
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        FastPathSettings(compile_mode="fast")
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        prepare_fast_model(remn.build_model(config="tiny", device="cpu").eval()).compile_trunks("reduce_overhead")

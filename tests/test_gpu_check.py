@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
-STEPS = ["environment", "install", "tests", "kernels", "end_to_end", "high_resolution_memory"]
+STEPS = ["environment", "install", "tests", "kernels", "end_to_end", "high_resolution_memory", "cuda_fast_path"]
 
 
 def test_dry_run_runs_every_step_and_writes_one_folder(tmp_path):
@@ -20,6 +20,7 @@ def test_dry_run_runs_every_step_and_writes_one_folder(tmp_path):
     assert "cuda available: False" in (out / "environment.log").read_text()
     results = json.loads((out / "cpu-gpu-check-dry-run.json").read_text())
     assert results["memory_read"] and results["environment"]["git_commit"]
+    assert {row["variant"] for row in results["cuda_fast_path"]["rows"]} == {"plain", "fast path"}
     assert archive.stat().st_size > 0 and (out / "summary.txt").is_file()
 
 

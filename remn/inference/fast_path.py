@@ -27,9 +27,13 @@ each a field of `FastPathSettings`:
   rounding; the decoder's output is the logit itself, and bf16 there flips labels the fp32
   path decides (README, "Fast on a CPU").
 
+- `compile_mode`: `torch.compile` (Inductor, fixed shapes, whole graphs) of the trunks, the
+  network parts of a step whose shapes stay fixed; "reduce-overhead" replays them as CUDA
+  graphs on CUDA. Off by default: on the CPU it does not pay (README, "Fast on a CPU"), on
+  a GPU it is not yet measured (`bench/bench_cuda_fast_path.py`).
+
 What pays and by how much is measured by `bench/bench_cpu.py` (`python bench/run.py
---sections cpu`); the README's CPU section has the table. `torch.compile` is not a route:
-see that section for why.
+--sections cpu`); the README's CPU section has the table.
 """
 from __future__ import annotations
 
@@ -56,6 +60,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 BF16_PARTS = ("none", "encoders", "all")  # what FastPathSettings.bf16 puts in bf16
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that capture CUDA graphs on CUDA
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class FastPathSettings:
     share_inputs: bool = True
     channels_last: bool = True
     bf16: str | None = None  # one of BF16_PARTS; None: as InferenceConfig.precision says
+    compile_mode: str | None = None  # one of COMPILE_MODES: torch.compile the trunks; None: eager (off until measured)
 
     def __post_init__(self):
         for name in ("fold_batchnorm", "share_inputs", "channels_last"):
@@ -74,6 +81,9 @@ class FastPathSettings:
         if self.bf16 is not None and self.bf16 not in BF16_PARTS:
             raise ValueError(f"FastPathSettings.bf16 must be one of {BF16_PARTS} or None (as the precision says), "
                              f"got {self.bf16!r}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"FastPathSettings.compile_mode must be one of {COMPILE_MODES} or None (eager), "
+                             f"got {self.compile_mode!r}")
 
     def resolved_bf16(self, precision: str = "fp32") -> str:
         """The parts in bf16 ("none", "encoders", "all") for a config's `precision` (`remn.precision`)."""
@@ -168,11 +178,13 @@ def _upsample_shared_skip(block: UpsampleBlock, skip: torch.Tensor, up: torch.Te
 class FastREMN(REMN):
     """A REMN prepared for inference by `prepare_fast_model`: the same step API and function.
 
-    `bf16` (one of BF16_PARTS) names the parts that run under bf16 autocast: "encoders"
-    (encode_key, encode_value) or "all" (the decoder too). Their outputs are handed on in
-    fp32, so memory, local attention, the gate and the read are fp32 as in the plain model.
-    With `split_shared_inputs()` applied, encode_value and decode compute each frame's
-    shared inputs once for all its objects.
+    It replaces the trunks (`REMN._key_trunk`, `_value_trunk`, `_decode_trunk`: the network
+    parts of encode_key, encode_value and decode). `bf16` (one of BF16_PARTS) names the
+    trunks that run under bf16 autocast: "encoders" (key and value) or "all" (the decoder
+    too); their outputs are handed on in fp32, so memory, local attention, the gate and the
+    read are fp32 as in the plain model. With `split_shared_inputs()` applied, the value and
+    decode trunks compute each frame's shared inputs once for all its objects. With
+    `compile_trunks(mode)` each trunk is a `torch.compile` of itself.
     """
 
     def __init__(self, config, fused: bool = True, bf16: str = "none"):
@@ -181,6 +193,7 @@ class FastREMN(REMN):
             raise ValueError(f"FastREMN bf16 must be one of {BF16_PARTS}, got {bf16!r}")
         self.bf16 = bf16
         self.shares_inputs = False
+        self.compile_mode = None
 
     def _autocast(self, part: str):
         """bf16 autocast for `part` ("encoders" or "decoder") when `bf16` includes it."""
@@ -189,8 +202,8 @@ class FastREMN(REMN):
 
     def split_shared_inputs(self) -> None:
         """Replace the value encoder's stem and fuser input block and the decoder's compress
-        block by their split forms (`SplitConv`, `SplitResBlock`); encode_value and decode
-        then take the split route. The replaced modules' forwards are no longer called."""
+        block by their split forms (`SplitConv`, `SplitResBlock`); the value and decode
+        trunks then take the split route. The replaced modules' forwards are no longer called."""
         encoder = self.value_encoder
         value_channels = encoder.layer3[-1].conv2.out_channels  # the value trunk's f16 width
         encoder.conv1 = SplitConv(encoder.conv1, 3)  # input [RGB (the frame's), mask, other masks]
@@ -198,47 +211,67 @@ class FastREMN(REMN):
         self.decoder.compress = SplitResBlock(self.decoder.compress, self.config.value_dim)  # [readout, key_comp]
         self.shares_inputs = True
 
-    def encode_key(self, frames: torch.Tensor) -> FrameFeatures:
-        with self._autocast("encoders"):
-            features = super().encode_key(frames)
-        if self.bf16 == "none":
-            return features
-        tensors = {name: getattr(features, name).float() for name in ("image", "key", "key_comp", "f16", "f8", "f4")}
-        return FrameFeatures(**tensors, padding=features.padding, size=features.size)
+    def compile_trunks(self, mode: str) -> None:
+        """Make each trunk `torch.compile(trunk, mode=mode, fullgraph=True, dynamic=False)`.
 
-    def encode_value(self, features: FrameFeatures, masks: torch.Tensor) -> torch.Tensor:
-        """As `REMN.encode_value`: masks [B, O, H, W] or [B, O, Hp, Wp] → values [B, O, Cv, h, w]."""
+        The trunks' shapes are fixed for a video (the key trunk) or per object count (the
+        value and decode trunks), so each compiles once per shape; the memory read, whose
+        bank grows, stays eager. Under "reduce-overhead" (CUDA graphs on CUDA) a graph's
+        outputs live in memory its next replay overwrites, and a step keeps features for the
+        next frame: each call then marks a new step and hands back copies.
+        """
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+        for name in ("_key_trunk", "_value_trunk", "_decode_trunk"):
+            compiled = torch.compile(getattr(self, name), mode=mode, fullgraph=True, dynamic=False)
+            setattr(self, name, _graph_outputs_copied(compiled) if mode in CUDA_GRAPH_MODES else compiled)
+        self.compile_mode = mode
+
+    def _key_trunk(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with self._autocast("encoders"):
+            outputs = super()._key_trunk(image)
+        return tuple(output.float() for output in outputs)
+
+    def _value_trunk(self, image: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """As `REMN._value_trunk`: masks [B, O, Hp, Wp] → values [B·O, Cv, h, w]."""
         if not self.shares_inputs:
             with self._autocast("encoders"):
-                return super().encode_value(features, masks).float()
-        self._check_masks("masks", masks, features)
-        batch, num_objects = masks.shape[:2]
-        masks = self._padded(masks, features).to(features.image.dtype)  # [B, O, Hp, Wp]
+                return super()._value_trunk(image, key_f16, masks).float()
         others = masks.sum(dim=1, keepdim=True) - masks  # [B, O, Hp, Wp]
         encoder = self.value_encoder
         with self._autocast("encoders"):
             pairs = torch.stack([masks, others], dim=2).flatten(0, 1)  # [B·O, 2, Hp, Wp]
-            x = encoder.conv1(pairs, features.image)  # [B·O, w, Hp/2, Wp/2]
+            x = encoder.conv1(pairs, image)  # [B·O, w, Hp/2, Wp/2]
             x = encoder.layer3(encoder.layer2(encoder.layer1(encoder.maxpool(encoder.relu(encoder.bn1(x))))))
             fuser = encoder.fuser
-            x = fuser.block1(x, features.f16)  # [B·O, Cv, h, w]
+            x = fuser.block1(x, key_f16)  # [B·O, Cv, h, w]
             values = fuser.block2(x + fuser.attention(x))
-        return values.float().view(batch, num_objects, *values.shape[1:])
+        return values.float()
 
-    def decode(self, features: FrameFeatures, readout: torch.Tensor) -> torch.Tensor:
-        """As `REMN.decode`: readout [B, O, Cv, h, w] → per-object logits [B, O, Hp, Wp]."""
+    def _decode_trunk(self, readout: torch.Tensor, key_comp: torch.Tensor, f8: torch.Tensor,
+                      f4: torch.Tensor) -> torch.Tensor:
+        """As `REMN._decode_trunk`: readout [B·O, Cv, h, w] → logits [B·O, 1, Hp, Wp]."""
         if not self.shares_inputs:
             with self._autocast("decoder"):
-                return super().decode(features, readout).float()
-        batch, num_objects = readout.shape[:2]
+                return super()._decode_trunk(readout, key_comp, f8, f4).float()
         decoder = self.decoder
         with self._autocast("decoder"):
-            x = decoder.compress(readout.flatten(0, 1), features.key_comp)  # [B·O, Cv, h, w]
-            x = _upsample_shared_skip(decoder.up_16_8, features.f8, x)  # [B·O, D0, 2h, 2w]
-            x = _upsample_shared_skip(decoder.up_8_4, features.f4, x)  # [B·O, D1, 4h, 4w]
+            x = decoder.compress(readout, key_comp)  # [B·O, Cv, h, w]
+            x = _upsample_shared_skip(decoder.up_16_8, f8, x)  # [B·O, D0, 2h, 2w]
+            x = _upsample_shared_skip(decoder.up_8_4, f4, x)  # [B·O, D1, 4h, 4w]
             x = decoder.pred(F.relu(x))  # [B·O, 1, 4h, 4w]
             logits = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)  # [B·O, 1, Hp, Wp]
-        return logits.float().view(batch, num_objects, *logits.shape[-2:])
+        return logits.float()
+
+
+def _graph_outputs_copied(compiled):
+    """`compiled` (a CUDA-graph mode of torch.compile) called as a new step each time, its
+    output tensors copied out of the graph's memory before the next replay reuses it."""
+    def run(*args):
+        torch.compiler.cudagraph_mark_step_begin()
+        outputs = compiled(*args)
+        return tuple(x.clone() for x in outputs) if isinstance(outputs, tuple) else outputs.clone()
+    return run
 
 
 def prepare_fast_model(model: REMN, settings: FastPathSettings | None = None, precision: str = "fp32") -> FastREMN:
@@ -270,6 +303,8 @@ def prepare_fast_model(model: REMN, settings: FastPathSettings | None = None, pr
         for module in fast.modules():
             if isinstance(module, nn.Conv2d):
                 module.to(memory_format=torch.channels_last)
+    if settings.compile_mode is not None:
+        fast.compile_trunks(settings.compile_mode)
     return fast
 
 

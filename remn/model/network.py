@@ -150,8 +150,15 @@ class REMN(nn.Module):
         size = tuple(frames.shape[-2:])
         padding = even_padding(*size)
         image = F.pad((frames - self.pixel_mean) / self.pixel_std, padding)  # [B, 3, Hp, Wp]
+        return FrameFeatures(image, *self._key_trunk(image), padding, size)
+
+    # The trunks: the fixed-shape network parts of encode_key, encode_value and decode, on
+    # tensors only (what remn.inference.fast_path replaces and may torch.compile).
+    def _key_trunk(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """image [B, 3, Hp, Wp] normalised and padded → (key [B, Ck, h, w], key_comp [B, Cv, h, w],
+        f16, f8, f4)."""
         f16, f8, f4 = self.key_encoder(image)
-        return FrameFeatures(image, self.key_proj(f16), self.key_comp(f16), f16, f8, f4, padding, size)
+        return self.key_proj(f16), self.key_comp(f16), f16, f8, f4
 
     def encode_value(self, features: FrameFeatures, masks: torch.Tensor) -> torch.Tensor:
         """masks [B, O, H, W] or [B, O, Hp, Wp] (soft or hard, per object) → memory values
@@ -164,14 +171,19 @@ class REMN(nn.Module):
         self._check_masks("masks", masks, features)
         batch, num_objects = masks.shape[:2]
         masks = self._padded(masks, features).to(features.image.dtype)  # [B, O, Hp, Wp]
+        values = self._value_trunk(features.image, features.f16, masks)  # [B·O, Cv, h, w]
+        return values.view(batch, num_objects, *values.shape[1:])
+
+    def _value_trunk(self, image: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """image [B, 3, Hp, Wp], key_f16 [B, C16, h, w], masks [B, O, Hp, Wp] (padded) → values [B·O, Cv, h, w]."""
+        num_objects = masks.shape[1]
         others = masks.sum(dim=1, keepdim=True) - masks  # [B, O, Hp, Wp]
-        values = self.value_encoder(
-            repeat_per_object(features.image, num_objects),
-            repeat_per_object(features.f16, num_objects),
+        return self.value_encoder(
+            repeat_per_object(image, num_objects),
+            repeat_per_object(key_f16, num_objects),
             masks.flatten(0, 1)[:, None],
             others.flatten(0, 1)[:, None],
-        )  # [B·O, Cv, h, w]
-        return values.view(batch, num_objects, *values.shape[1:])
+        )
 
     # ------------------------------------------------------------ memory reads
     def gate_log_scores(self, features: FrameFeatures, memory_key: torch.Tensor) -> torch.Tensor | None:
@@ -241,12 +253,16 @@ class REMN(nn.Module):
     def decode(self, features: FrameFeatures, readout: torch.Tensor) -> torch.Tensor:
         """readout [B, O, Cv, h, w] → per-object logits [B, O, Hp, Wp] over the padded frame."""
         batch, num_objects = readout.shape[:2]
-        query_features = repeat_per_object(features.key_comp, num_objects).to(readout.dtype)  # [B·O, Cv, h, w]
-        f16 = torch.cat([readout.flatten(0, 1), query_features], dim=1)  # [B·O, 2Cv, h, w]
-        logits = self.decoder(
-            f16, repeat_per_object(features.f8, num_objects), repeat_per_object(features.f4, num_objects)
-        )  # [B·O, 1, Hp, Wp]
+        logits = self._decode_trunk(readout.flatten(0, 1), features.key_comp, features.f8, features.f4)  # [B·O, 1, Hp, Wp]
         return logits.view(batch, num_objects, *logits.shape[-2:])
+
+    def _decode_trunk(self, readout: torch.Tensor, key_comp: torch.Tensor, f8: torch.Tensor,
+                      f4: torch.Tensor) -> torch.Tensor:
+        """readout [B·O, Cv, h, w]; the frames' key_comp [B, Cv, h, w], f8, f4 → logits [B·O, 1, Hp, Wp]."""
+        num_objects = readout.shape[0] // key_comp.shape[0]
+        query_features = repeat_per_object(key_comp, num_objects).to(readout.dtype)  # [B·O, Cv, h, w]
+        f16 = torch.cat([readout, query_features], dim=1)  # [B·O, 2Cv, h, w]
+        return self.decoder(f16, repeat_per_object(f8, num_objects), repeat_per_object(f4, num_objects))
 
     # ------------------------------------------------------------ whole clips
     def forward(self, frames: torch.Tensor, first_masks: torch.Tensor, object_valid: torch.Tensor | None = None):
