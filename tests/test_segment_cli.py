@@ -151,6 +151,22 @@ def test_no_fast_path_runs_the_model_as_built(monkeypatch, tmp_path, video):
     assert prepared == [False, True]
 
 
+def test_compile_flag_hands_the_runner_a_compiled_fast_path(monkeypatch, tmp_path, video, capsys):
+    """--compile MODE: the runner's engines get FastPathSettings(compile_mode=MODE); with
+    --no-fast-path it is refused before any work."""
+    from remn.inference import runner
+    from remn.inference.fast_path import FastPathSettings
+
+    handed = []
+    monkeypatch.setattr(runner, "run_jobs", lambda *args, fast_path, **kwargs: handed.append(fast_path))
+    frames, mask = video / "frames", video / "first.png"
+    assert segment(frames, "--mask", mask, "--output", tmp_path / "a", "--compile", "reduce-overhead", *FAST) == 0
+    assert handed == [FastPathSettings(compile_mode="reduce-overhead")]
+    assert segment(frames, "--mask", mask, "--output", tmp_path / "b", "--compile", "default", "--no-fast-path",
+                   *FAST) == 2
+    assert "--compile compiles the fast path" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
 def test_youtube_layout(tmp_path, capsys):
     root = tmp_path / "yt"
     frames, masks = make_clip(12, num_frames=FRAMES, height=HEIGHT, width=WIDTH, num_objects=2)

@@ -17,6 +17,7 @@ import dataclasses
 import sys
 
 from remn.inference.config import PRESETS, inference_preset, resolve_inference_config
+from remn.inference.fast_path import COMPILE_MODES, FastPathSettings
 from remn.inference.memory import MEMORY_POLICIES
 from remn.precision import PRECISIONS
 
@@ -72,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "CUDA only")
     model.add_argument("--no-fast-path", dest="fast_path", action="store_false", default=None,
                        help="on a CPU, run the model as built (no BatchNorm folding, shared inputs, channels-last)")
+    model.add_argument("--compile", choices=COMPILE_MODES, metavar="MODE",
+                       help="torch.compile the network's fixed-shape parts in this mode (one of "
+                            f"{', '.join(COMPILE_MODES)}; reduce-overhead replays CUDA graphs on CUDA); it takes the "
+                            "fast path on any device. Default off: it does not pay on a CPU and is not yet measured "
+                            "on a GPU")
     model.add_argument("--size", type=int, help="shorter side frames are resized to (default 480; 0 keeps the input size)")
 
     memory = parser.add_argument_group("memory (defaults from the preset)")
@@ -166,6 +172,11 @@ def _run(args) -> int:
     if args.onnx is not None and (args.batch_videos > 1 or args.both_ways or args.weights):
         raise ValueError("--engine onnxruntime runs one video at a time, one way, with the exported weights: "
                          "drop --batch-videos, --both-ways and --weights")
+    fast_path = args.fast_path
+    if args.compile is not None:
+        if args.fast_path is False or args.onnx is not None:
+            raise ValueError("--compile compiles the fast path's PyTorch model: drop --no-fast-path / --engine onnxruntime")
+        fast_path = FastPathSettings(compile_mode=args.compile)
     jobs = _plan(args)
     context = runner.init_distributed(args.device)
     try:
@@ -187,7 +198,7 @@ def _run(args) -> int:
         untrained = " (random weights: not results)" if args.weights is None and args.onnx is None else ""
         try:
             outcomes = runner.run_jobs(jobs, make_model, config, context, progress=not args.no_progress and context.is_main,
-                                       batch_videos=args.batch_videos, resume=args.resume, fast_path=args.fast_path)
+                                       batch_videos=args.batch_videos, resume=args.resume, fast_path=fast_path)
         except runner.RunInterrupted as stopped:
             print(f"summary{untrained}: " + runner.summarise_outcomes(stopped.outcomes))
             print(f"remn segment: interrupted by {stopped}", file=sys.stderr)
