@@ -253,8 +253,8 @@ class REMN(nn.Module):
     def decode(self, features: FrameFeatures, readout: torch.Tensor) -> torch.Tensor:
         """readout [B, O, Cv, h, w] → per-object logits [B, O, Hp, Wp] over the padded frame."""
         batch, num_objects = readout.shape[:2]
-        logits = self._decode_trunk(readout.flatten(0, 1), features.key_comp, features.f8, features.f4)  # [B·O, 1, Hp, Wp]
-        return logits.view(batch, num_objects, *logits.shape[-2:])
+        logits = self._decode_trunk(readout.flatten(0, 1), features.key_comp, features.f8, features.f4)
+        return logits.view(batch, num_objects, *logits.shape[-2:])  # [B, O, Hp, Wp]
 
     def _decode_trunk(self, readout: torch.Tensor, key_comp: torch.Tensor, f8: torch.Tensor,
                       f4: torch.Tensor) -> torch.Tensor:
