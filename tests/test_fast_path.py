@@ -246,3 +246,20 @@ def test_compile_mode_is_checked():
         FastPathSettings(compile_mode="fast")
     with pytest.raises(ValueError, match="compile mode must be one of"):
         prepare_fast_model(remn.build_model(config="tiny", device="cpu").eval()).compile_trunks("reduce_overhead")
+
+
+def test_without_its_own_bf16_the_fast_path_keeps_an_outer_autocasts_dtypes(models):
+    """bf16="none" (what the fast path takes off the CPU, where the Segmenter's own autocast
+    applies the precision): features, values and logits keep the dtypes that autocast gives
+    the plain model; no fp32 copies double what memory holds and reads."""
+    model = models["tiny"]
+    fast = prepare_fast_model(model, FastPathSettings(bf16="none"))
+    image, probs = torch.rand(1, 3, HEIGHT, WIDTH), torch.rand(1, 2, HEIGHT, WIDTH)
+    dtypes = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for network in (model, fast):
+            features = network.encode_key(image)
+            values = network.encode_value(features, probs)
+            logits = network.decode(features, values)
+            dtypes.append((features.key.dtype, features.f4.dtype, values.dtype, logits.dtype))
+    assert dtypes[0] == dtypes[1] and dtypes[0][0] == torch.bfloat16, dtypes

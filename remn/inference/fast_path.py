@@ -37,7 +37,6 @@ What pays and by how much is measured by `bench/bench_cpu.py` (`python bench/run
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +45,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from remn.model.modules import ResBlock, UpsampleBlock
-from remn.model.network import REMN, FrameFeatures
+from remn.model.network import REMN
 from remn.model.resnet import BasicBlock, Bottleneck, ResNetStem
 from remn.precision import check_precision
 
@@ -195,10 +194,18 @@ class FastREMN(REMN):
         self.shares_inputs = False
         self.compile_mode = None
 
-    def _autocast(self, part: str):
-        """bf16 autocast for `part` ("encoders" or "decoder") when `bf16` includes it."""
-        on = self.bf16 == "all" or (self.bf16 == "encoders" and part == "encoders")
-        return torch.autocast("cpu", dtype=torch.bfloat16) if on else contextlib.nullcontext()
+    def _in_bf16(self, part: str) -> bool:
+        """Whether `part` ("encoders" or "decoder") runs under bf16 autocast."""
+        return self.bf16 == "all" or (self.bf16 == "encoders" and part == "encoders")
+
+    def _run_trunk(self, part: str, trunk, *args):
+        """trunk(*args), under the CPU's bf16 autocast with its outputs handed back in fp32
+        when `bf16` includes `part`; else as it is (on CUDA the Segmenter's autocast applies)."""
+        if not self._in_bf16(part):
+            return trunk(*args)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = trunk(*args)
+        return tuple(x.float() for x in outputs) if isinstance(outputs, tuple) else outputs.float()
 
     def split_shared_inputs(self) -> None:
         """Replace the value encoder's stem and fuser input block and the decoder's compress
@@ -228,40 +235,38 @@ class FastREMN(REMN):
         self.compile_mode = mode
 
     def _key_trunk(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with self._autocast("encoders"):
-            outputs = super()._key_trunk(image)
-        return tuple(output.float() for output in outputs)
+        return self._run_trunk("encoders", super()._key_trunk, image)
 
     def _value_trunk(self, image: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """As `REMN._value_trunk`: masks [B, O, Hp, Wp] → values [B·O, Cv, h, w]."""
-        if not self.shares_inputs:
-            with self._autocast("encoders"):
-                return super()._value_trunk(image, key_f16, masks).float()
-        others = masks.sum(dim=1, keepdim=True) - masks  # [B, O, Hp, Wp]
-        encoder = self.value_encoder
-        with self._autocast("encoders"):
-            pairs = torch.stack([masks, others], dim=2).flatten(0, 1)  # [B·O, 2, Hp, Wp]
-            x = encoder.conv1(pairs, image)  # [B·O, w, Hp/2, Wp/2]
-            x = encoder.layer3(encoder.layer2(encoder.layer1(encoder.maxpool(encoder.relu(encoder.bn1(x))))))
-            fuser = encoder.fuser
-            x = fuser.block1(x, key_f16)  # [B·O, Cv, h, w]
-            values = fuser.block2(x + fuser.attention(x))
-        return values.float()
+        trunk = self._split_value_trunk if self.shares_inputs else super()._value_trunk
+        return self._run_trunk("encoders", trunk, image, key_f16, masks)
 
     def _decode_trunk(self, readout: torch.Tensor, key_comp: torch.Tensor, f8: torch.Tensor,
                       f4: torch.Tensor) -> torch.Tensor:
         """As `REMN._decode_trunk`: readout [B·O, Cv, h, w] → logits [B·O, 1, Hp, Wp]."""
-        if not self.shares_inputs:
-            with self._autocast("decoder"):
-                return super()._decode_trunk(readout, key_comp, f8, f4).float()
+        trunk = self._split_decode_trunk if self.shares_inputs else super()._decode_trunk
+        return self._run_trunk("decoder", trunk, readout, key_comp, f8, f4)
+
+    def _split_value_trunk(self, image, key_f16, masks):
+        """The value trunk with `split_shared_inputs()`: the frame's image and key f16 enter once."""
+        others = masks.sum(dim=1, keepdim=True) - masks  # [B, O, Hp, Wp]
+        pairs = torch.stack([masks, others], dim=2).flatten(0, 1)  # [B·O, 2, Hp, Wp]
+        encoder = self.value_encoder
+        x = encoder.conv1(pairs, image)  # [B·O, w, Hp/2, Wp/2]
+        x = encoder.layer3(encoder.layer2(encoder.layer1(encoder.maxpool(encoder.relu(encoder.bn1(x))))))
+        fuser = encoder.fuser
+        x = fuser.block1(x, key_f16)  # [B·O, Cv, h, w]
+        return fuser.block2(x + fuser.attention(x))
+
+    def _split_decode_trunk(self, readout, key_comp, f8, f4):
+        """The decode trunk with `split_shared_inputs()`: key_comp, f8 and f4 convolved once per frame."""
         decoder = self.decoder
-        with self._autocast("decoder"):
-            x = decoder.compress(readout, key_comp)  # [B·O, Cv, h, w]
-            x = _upsample_shared_skip(decoder.up_16_8, f8, x)  # [B·O, D0, 2h, 2w]
-            x = _upsample_shared_skip(decoder.up_8_4, f4, x)  # [B·O, D1, 4h, 4w]
-            x = decoder.pred(F.relu(x))  # [B·O, 1, 4h, 4w]
-            logits = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)  # [B·O, 1, Hp, Wp]
-        return logits.float()
+        x = decoder.compress(readout, key_comp)  # [B·O, Cv, h, w]
+        x = _upsample_shared_skip(decoder.up_16_8, f8, x)  # [B·O, D0, 2h, 2w]
+        x = _upsample_shared_skip(decoder.up_8_4, f4, x)  # [B·O, D1, 4h, 4w]
+        x = decoder.pred(F.relu(x))  # [B·O, 1, 4h, 4w]
+        return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)  # [B·O, 1, Hp, Wp]
 
 
 def _graph_outputs_copied(compiled):
