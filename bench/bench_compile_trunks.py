@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import remn
-from common import environment
+from common import environment, synchronize
 from remn.data.atomic import atomic_path
 from remn.inference.fast_path import COMPILE_MODES, FastPathSettings, prepare_fast_model
 
@@ -65,12 +65,10 @@ def main(argv=None) -> int:
 
 def measure(name, call, eager, compiled, repeats: int, device: torch.device) -> dict:
     def timed(model):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         outputs = call(model)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         return time.perf_counter() - started, outputs if isinstance(outputs, tuple) else (outputs,)
 
     first_call_s, got = timed(compiled)

@@ -205,7 +205,7 @@ class FastREMN(REMN):
             return trunk(*args)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outputs = trunk(*args)
-        return tuple(x.float() for x in outputs) if isinstance(outputs, tuple) else outputs.float()
+        return _each_output(torch.Tensor.float, outputs)
 
     def split_shared_inputs(self) -> None:
         """Replace the value encoder's stem and fuser input block and the decoder's compress
@@ -274,9 +274,13 @@ def _graph_outputs_copied(compiled):
     output tensors copied out of the graph's memory before the next replay reuses it."""
     def run(*args):
         torch.compiler.cudagraph_mark_step_begin()
-        outputs = compiled(*args)
-        return tuple(x.clone() for x in outputs) if isinstance(outputs, tuple) else outputs.clone()
+        return _each_output(torch.Tensor.clone, compiled(*args))
     return run
+
+
+def _each_output(fn, outputs):
+    """fn applied to a trunk's output tensor, or to each of its tuple of tensors."""
+    return tuple(fn(x) for x in outputs) if isinstance(outputs, tuple) else fn(outputs)
 
 
 def prepare_fast_model(model: REMN, settings: FastPathSettings | None = None, precision: str = "fp32") -> FastREMN:
