@@ -90,6 +90,22 @@ def test_memory_read_top_k_keeps_exactly_k_with_ties_in_key_order(top_k):
     torch.testing.assert_close(got, want.to(got.dtype))
 
 
+@pytest.mark.parametrize("case", ["distinct", "tied", "excluded"])
+def test_eager_top_k_indices_equal_the_graph_form(case):
+    """top_k_indices_eager takes one topk where no tie straddles the k-th logit and the
+    graph form otherwise: the same keys in the same order either way."""
+    generator = torch.Generator().manual_seed(3)
+    if case == "tied":  # small integers: many equal logits at the k-th place
+        logits = torch.randint(-3, 4, (2, 9, 31), generator=generator).float()
+    else:
+        logits = torch.randn(2, 9, 31, generator=generator)
+    if case == "excluded":  # fewer than k + 1 finite keys for one query: −inf ties at the k-th place
+        logits[1, 4, 2:] = -math.inf
+    for top_k in (1, 4, 30):
+        torch.testing.assert_close(reference.top_k_indices_eager(logits, top_k), reference.top_k_indices(logits, top_k),
+                                   rtol=0, atol=0)
+
+
 def test_memory_read_excluded_keys_and_all_excluded_rows():
     query_key, memory_key = torch.randn(2, 4, 6), torch.randn(2, 4, 9)
     memory_value = torch.randn(2, 2, 3, 9)
