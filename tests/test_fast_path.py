@@ -85,6 +85,26 @@ def test_bf16_route_errs_no_more_than_torch_autocast(models, parts):
         assert (got - want).abs().max().item() <= 2 * (torch_bf16 - want).abs().max().item() + 1e-2 * scale
 
 
+@pytest.mark.parametrize("settings", [FastPathSettings(bf16="all"),
+                                      FastPathSettings(fold_batchnorm=False, share_inputs=False, bf16="encoders")])
+def test_bf16_weights_stored_once_compute_what_autocasts_casts_compute(models, monkeypatch, settings):
+    """store_bf16_weights holds the bf16 trunks' conv and linear weights in bf16 (no cast per
+    call) and leaves every other parameter fp32; the outputs are those of autocast casting
+    fp32 weights on each call, to the bit."""
+    model = models["tiny"]
+    stored = prepare_fast_model(model, settings)
+    monkeypatch.setattr(FastREMN, "store_bf16_weights", lambda self: None)
+    cast_per_call = prepare_fast_model(model, settings)
+    parts = ("key_encoder", "key_proj", "key_comp", "value_encoder") + (("decoder",) if settings.bf16 == "all" else ())
+    for name, parameter in stored.named_parameters():
+        module = stored.get_submodule(name.rpartition(".")[0])
+        in_bf16 = name.split(".")[0] in parts and isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+        assert parameter.dtype == (torch.bfloat16 if in_bf16 else torch.float32), name
+    assert any(p.dtype == torch.float32 for n, p in stored.named_parameters() if n.startswith("local_branch"))
+    for got, want in zip(one_step(stored, 2), one_step(cast_per_call, 2)):
+        assert torch.equal(got, want)
+
+
 def test_bf16_encoders_leave_the_decoder_in_fp32(models):
     """bf16="encoders" rounds the encoders' outputs but decodes in fp32: on the same fp32
     features and readout its decode is the plain model's, while bf16="all" changes it."""

@@ -59,6 +59,10 @@ def cpu_has_native_bf16() -> bool:
 
 
 BF16_PARTS = ("none", "encoders", "all")  # what FastPathSettings.bf16 puts in bf16
+TRUNK_MODULES = {  # part (as FastREMN._in_bf16 names it) → the REMN modules its trunks run
+    "encoders": ("key_encoder", "key_proj", "key_comp", "value_encoder"),
+    "decoder": ("decoder",),
+}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that capture CUDA graphs on CUDA
 
@@ -207,6 +211,20 @@ class FastREMN(REMN):
             outputs = trunk(*args)
         return _each_output(torch.Tensor.float, outputs)
 
+    def store_bf16_weights(self) -> None:
+        """Hold the weights and biases of the bf16 trunks' convolutions and linear layers in
+        bf16. Autocast casts an fp32 weight to bf16 on every call (inference keeps no cast
+        cache: the weights need no gradient), one copy of every weight per step; a weight
+        already in bf16 it takes as it is, so the outputs are the same to the bit. Other
+        parameters (BatchNorm's, when not folded) stay fp32, as autocast leaves them."""
+        for part, names in TRUNK_MODULES.items():
+            if not self._in_bf16(part):
+                continue
+            for name in names:
+                for module in getattr(self, name).modules():
+                    if isinstance(module, (nn.Conv2d, nn.Linear)):
+                        module.to(torch.bfloat16)
+
     def split_shared_inputs(self) -> None:
         """Replace the value encoder's stem and fuser input block and the decoder's compress
         block by their split forms (`SplitConv`, `SplitResBlock`); the value and decode
@@ -312,6 +330,7 @@ def prepare_fast_model(model: REMN, settings: FastPathSettings | None = None, pr
         for module in fast.modules():
             if isinstance(module, nn.Conv2d):
                 module.to(memory_format=torch.channels_last)
+    fast.store_bf16_weights()
     if settings.compile_mode is not None:
         fast.compile_trunks(settings.compile_mode)
     return fast
