@@ -170,7 +170,7 @@ def memory_read(
     values = memory_value.float().flatten(1, 2)  # [B, O·Cv, M]
     selective = top_k is not None and top_k < num_keys
     if selective:
-        values_by_key = values.transpose(1, 2).reshape(batch * num_keys, num_objects * value_dim)  # [B·M, O·Cv]
+        values_by_key = values.transpose(1, 2).contiguous().view(batch * num_keys, -1)  # [B·M, O·Cv], rows contiguous
         key_offset = num_keys * torch.arange(batch, device=values.device)[:, None, None]  # [B, 1, 1]: b·M
     chunk = max(1, MEMORY_READ_CHUNK_ELEMENTS // max(1, batch * num_keys))
     outputs = []
