@@ -1,4 +1,5 @@
 """The fast CPU path computes what the plain model computes; the chunked ops equal one chunk."""
+import ctypes
 import dataclasses
 
 import pytest
@@ -283,3 +284,33 @@ def test_without_its_own_bf16_the_fast_path_keeps_an_outer_autocasts_dtypes(mode
             logits = network.decode(features, values)
             dtypes.append((features.key.dtype, features.f4.dtype, values.dtype, logits.dtype))
     assert dtypes[0] == dtypes[1] and dtypes[0][0] == torch.bfloat16, dtypes
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (malloc.h): byte counts of the heap and of mmapped blocks."""
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def test_freed_memory_stays_in_the_heap_for_the_next_allocation():
+    """keep_freed_memory: a 64 MiB tensor comes from the heap, not its own mmap, and its
+    memory stays in the heap once freed (glibc would mmap it and give it back)."""
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("needs glibc 2.33 or newer (mallinfo2)")
+    libc.mallinfo2.restype = _MallInfo2
+    assert fast_path.keep_freed_memory()
+    size = 64 << 20
+    mmapped_before = libc.mallinfo2().hblkhd
+    block = torch.ones(size, dtype=torch.uint8)
+    assert libc.mallinfo2().hblkhd - mmapped_before < size
+    del block
+    assert libc.mallinfo2().fordblks >= size
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_preparing_on_the_cpu_keeps_freed_memory_as_the_settings_say(models, monkeypatch, reuse):
+    calls = []
+    monkeypatch.setattr(fast_path, "keep_freed_memory", lambda: calls.append(True) or True)
+    prepare_fast_model(models["tiny"], FastPathSettings(reuse_freed_memory=reuse))
+    assert calls == ([True] if reuse else [])

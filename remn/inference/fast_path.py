@@ -27,6 +27,14 @@ each a field of `FastPathSettings`:
   rounding; the decoder's output is the logit itself, and bf16 there flips labels the fp32
   path decides (README, "Fast on a CPU").
 
+- `reuse_freed_memory`: on glibc, freed memory stays in the process's heap for the next
+  allocation (`mallopt`: no mmap for large blocks, no trimming) instead of going back to
+  the kernel. A step allocates the same large activations every frame; by glibc's default
+  each block over 32 MiB is a fresh mmap whose pages the kernel zero-fills on first touch,
+  a quarter of a 480p frame on this 2-core machine. Process-wide, like the thread count,
+  and set when a fast model is prepared on the CPU; the heap then keeps its high-water
+  mark until the process exits (`keep_freed_memory`).
+
 - `compile_mode`: `torch.compile` (Inductor, fixed shapes, whole graphs) of the trunks, the
   network parts of a step whose shapes stay fixed; "reduce-overhead" replays them as CUDA
   graphs on CUDA. Off by default: on the CPU it does not pay (README, "Fast on a CPU"), on
@@ -37,6 +45,8 @@ What pays and by how much is measured by `bench/bench_cpu.py` (`python bench/run
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -76,9 +86,10 @@ class FastPathSettings:
     channels_last: bool = True
     bf16: str | None = None  # one of BF16_PARTS; None: as InferenceConfig.precision says
     compile_mode: str | None = None  # one of COMPILE_MODES: torch.compile the trunks; None: eager (off until measured)
+    reuse_freed_memory: bool = True  # glibc keeps freed memory for reuse (process-wide; keep_freed_memory)
 
     def __post_init__(self):
-        for name in ("fold_batchnorm", "share_inputs", "channels_last"):
+        for name in ("fold_batchnorm", "share_inputs", "channels_last", "reuse_freed_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FastPathSettings.{name} must be a bool, got {getattr(self, name)!r}")
         if self.bf16 is not None and self.bf16 not in BF16_PARTS:
@@ -96,6 +107,28 @@ class FastPathSettings:
         if precision == "bf16":
             return "all"
         return "encoders" if precision == "auto" and cpu_has_native_bf16() else "none"
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_NEVER_TRIM = 2**31 - 1  # bytes of free heap top before glibc gives memory back: the largest C int
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse, for the whole process: large blocks
+    come from the heap instead of their own mmap (M_MMAP_MAX = 0) and the heap is not
+    trimmed back (M_TRIM_THRESHOLD = 2 GiB), so a block freed at the end of one frame
+    serves the same allocation in the next one without the kernel zero-filling new pages.
+    True when applied; False where the C library is not glibc (nothing is changed)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only; musl's and macOS's mallopt are no-ops or absent
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
 
 
 def fold_batchnorm(module: nn.Module) -> None:
@@ -333,6 +366,8 @@ def prepare_fast_model(model: REMN, settings: FastPathSettings | None = None, pr
     fast.store_bf16_weights()
     if settings.compile_mode is not None:
         fast.compile_trunks(settings.compile_mode)
+    if settings.reuse_freed_memory and on_cpu:
+        keep_freed_memory()
     return fast
 
 
