@@ -15,33 +15,45 @@ checkpoint of the preset (`python bench/run.py --sections cpu --weights FILE`): 
 weights the objects' logits are nearly tied on many pixels, so any change of rounding flips
 some labels, and only trained weights say what a route keeps.
 
-Variants:
-- `eager fp32, ops before #17`: plain eager fp32 with the reference ops as they were
-  before issue 17 (a dense read: the whole N×M affinity, top-k by masking, a dense
-  product; local attention as (2r+1)² shifted elementwise passes). Its memory is filled
-  with the current ops; only its timed frames run the old ones.
-- `eager fp32`: plain eager fp32 (`fast_path=False`) with the current reference ops
-  (memory read in query chunks summing each query's k values; local attention as two
-  matrix products per tile of rows).
-- one row per fast-path route alone on top of `eager fp32`: `fold BN`, `share inputs`,
-  `channels-last`, `bf16 encoders`, `bf16 encoders + decoder`
-  (`remn.inference.fast_path.FastPathSettings`);
-- `fast path fp32`: every fp32 route (FastPathSettings(bf16="none"));
-- `fast path + bf16 encoders`: every fp32 route, the encoders in bf16 (bf16="encoders");
-- `fast path + bf16`: every route, encoders and decoder in bf16 (bf16="all",
-  InferenceConfig.precision "bf16").
-The result's `default` names the one `Segmenter` runs on this CPU by default (precision
-"auto", `FastPathSettings().resolved_bf16`): `fast path + bf16 encoders` where the CPU has
-native bf16, else `fast path fp32`.
+The section runs in a fresh Python process, in two phases, every variant's labels compared
+with eager fp32's of the first:
+1. glibc's default allocator (as a new process has it):
+   - `eager fp32, ops before #17`: plain eager fp32 with the reference ops as they were
+     before issue 17 (a dense read: the whole N×M affinity, top-k by masking, a dense
+     product; local attention as (2r+1)² shifted elementwise passes). Its memory is filled
+     with the current ops; only its timed frames run the old ones.
+   - `eager fp32`: plain eager fp32 (`fast_path=False`) with the current reference ops:
+     the baseline every `x_eager` divides by;
+   - one row per compute route alone on top of `eager fp32`: `fold BN`, `share inputs`,
+     `channels-last`, `bf16 encoders`, `bf16 encoders + decoder`
+     (`remn.inference.fast_path.FastPathSettings`);
+   - `fast path fp32, glibc's default allocator`, `fast path + bf16 encoders, …`,
+     `fast path + bf16, …`: every compute route, bf16="none", "encoders", "all", without
+     the allocator route.
+2. freed memory kept (`keep_freed_memory`, which cannot be undone in a process):
+   - `reuse freed memory`: plain eager fp32 again, the allocator route alone;
+   - `fast path fp32`, `fast path + bf16 encoders`, `fast path + bf16`: the fast path as a
+     Segmenter runs it, every route (FastPathSettings(bf16=...), InferenceConfig.precision
+     "bf16" for the last).
+The phases do not interleave, so the machine should be idle. The result's `default` names
+the one `Segmenter` runs on this CPU by default (precision "auto",
+`FastPathSettings().resolved_bf16`): `fast path + bf16 encoders` where the CPU has native
+bf16, else `fast path fp32`.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -49,14 +61,16 @@ import torch
 import remn
 from common import progress
 from remn import reference
+from remn.data.atomic import atomic_path
 from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
-from remn.inference.fast_path import FastPathSettings, cpu_has_native_bf16
+from remn.inference.fast_path import FastPathSettings, cpu_has_native_bf16, keep_freed_memory
 from remn.train.trainer import cpu_threads
 
 MEMORY_FRAMES = 5
 DECIDED_MARGIN = 1e-3  # a pixel eager fp32 decides: top probability − runner-up > this
-NO_ROUTE = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16="none")
+NO_ROUTE = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16="none",
+                            reuse_freed_memory=False)
 ROUTES = {
     "fold BN": dataclasses.replace(NO_ROUTE, fold_batchnorm=True),
     "share inputs": dataclasses.replace(NO_ROUTE, share_inputs=True),
@@ -67,6 +81,9 @@ ROUTES = {
 BASELINE = "eager fp32"
 PRE_ISSUE = "eager fp32, ops before #17"
 FAST_PATH = {"none": "fast path fp32", "encoders": "fast path + bf16 encoders", "all": "fast path + bf16"}
+GLIBC_DEFAULT, KEPT = "glibc's default allocator", "freed memory kept"
+PHASES = (GLIBC_DEFAULT, KEPT)  # in this order: keeping freed memory cannot be undone in a process
+REUSE_ALONE = "reuse freed memory"  # eager fp32 in the second phase: the allocator route alone
 
 
 def dense_memory_read(query_key, memory_key, memory_value, key_bias=None, *, scale=None, top_k=None):
@@ -125,10 +142,15 @@ def pre_issue_ops():
         raise RuntimeError("the pre-issue ops were not reached: remn.ops no longer calls remn.reference by attribute")
 
 
-def variants() -> dict[str, FastPathSettings | bool]:
-    """name → the Segmenter's fast_path argument."""
-    rows = {PRE_ISSUE: False, BASELINE: False}
-    rows.update(ROUTES)
+def variants(phase: str) -> dict[str, FastPathSettings | bool]:
+    """name → the Segmenter's fast_path argument, for an allocator phase (PHASES)."""
+    if phase == GLIBC_DEFAULT:
+        rows = {PRE_ISSUE: False, BASELINE: False}
+        rows.update(ROUTES)
+        rows.update({f"{name}, {GLIBC_DEFAULT}": FastPathSettings(bf16=parts, reuse_freed_memory=False)
+                     for parts, name in FAST_PATH.items()})
+        return rows
+    rows = {REUSE_ALONE: False}  # plain eager fp32, in a process that keeps freed memory
     rows.update({name: FastPathSettings(bf16=parts) for parts, name in FAST_PATH.items()})
     return rows
 
@@ -147,66 +169,41 @@ def settings(quick: bool):
 
 def run(device: torch.device, quick: bool, repeats: int | None = None, threads: int = 2,
         weights: str | None = None) -> dict:
+    """The section, measured in a fresh Python process: its first phase needs glibc's
+    allocator as a new process has it, and an earlier section may have changed it for good."""
     if device.type != "cpu":
         return {"skipped": f"the CPU section runs on a CPU, not {device}"}
     if weights is not None and quick:
         raise ValueError("--weights is for the full-size cpu section (the remn preset), not --quick's tiny model")
-    with cpu_threads(threads):
-        return _run(quick, repeats, threads, weights)
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "cpu.json"
+        command = [sys.executable, __file__, "--output", str(output), "--threads", str(threads)]
+        command += (["--quick"] if quick else []) + (["--repeats", str(repeats)] if repeats else [])
+        command += ["--weights", weights] if weights else []
+        subprocess.run(command, check=True)
+        return json.loads(output.read_text())
 
 
 def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) -> dict:
+    if keep_freed_memory.cache_info().currsize:
+        raise RuntimeError(f"the {GLIBC_DEFAULT} phase needs a process whose allocator is untouched")
     preset, (height, width), object_counts, rounds = settings(quick)
     rounds = repeats or rounds
     torch.manual_seed(0)
     model = remn.build_model(config=preset, weights=weights, device="cpu")
     inference = resolve_inference_config(preset, size=None, update="every", mem_every=1, capacity=MEMORY_FRAMES)
+    clips = {objects: make_clip(seed=7, num_frames=MEMORY_FRAMES + rounds, height=height, width=width,
+                                num_objects=objects) for objects in object_counts}
+    baseline = {}  # objects → eager fp32's (labels, decided) per frame after the first, from the first phase
     rows = []
+    for phase in PHASES:
+        if phase == KEPT:
+            freed_memory_kept = keep_freed_memory()
+        for objects, (frames, masks) in clips.items():
+            rows += _run_phase(phase, model, inference, frames, masks, objects, rounds, baseline)
+    for row in rows:
+        row["size"] = f"{width}x{height}"
     for objects in object_counts:
-        frames, masks = make_clip(seed=7, num_frames=MEMORY_FRAMES + rounds, height=height, width=width,
-                                  num_objects=objects)
-        segmenters, prepare_seconds = {}, {}
-        for name, fast_path in variants().items():
-            started = time.perf_counter()
-            segmenters[name] = Segmenter(model, inference, fast_path=fast_path)
-            prepare_seconds[name] = time.perf_counter() - started
-        times = {name: [] for name in segmenters}
-        agree = {name: [] for name in segmenters}
-        agree_decided = {name: 0 for name in segmenters}  # decided pixels whose label matches, over all frames
-        decided_pixels, compared_pixels = 0, 0
-        for index in progress(range(MEMORY_FRAMES + rounds), f"cpu, {objects} objects"):
-            timed = index >= MEMORY_FRAMES
-            mask = masks[0] if index == 0 else None
-            labels, probs = {}, {}
-            for name, segmenter in segmenters.items():
-                old_ops = pre_issue_ops() if timed and name == PRE_ISSUE else contextlib.nullcontext()
-                with old_ops:
-                    started = time.perf_counter()
-                    result = segmenter.step(frames[index], mask)
-                    elapsed = time.perf_counter() - started
-                labels[name], probs[name] = result.labels, result.probs
-                if timed:
-                    times[name].append(elapsed * 1e3)
-            if index > 0:
-                top_two = probs[BASELINE].topk(2, dim=0).values  # [2, H, W]
-                decided = top_two[0] - top_two[1] > DECIDED_MARGIN  # [H, W]
-                decided_pixels += int(decided.sum())
-                compared_pixels += decided.numel()
-                for name in segmenters:
-                    same = labels[name] == labels[BASELINE]  # [H, W]
-                    agree[name].append(same.double().mean().item())
-                    agree_decided[name] += int(same[decided].sum())
-        for name, segmenter in segmenters.items():
-            report = segmenter.report()
-            rows.append({
-                "variant": name, "objects": objects, "size": f"{width}x{height}", "memory_frames": report.memory_frames,
-                "ms_per_frame": statistics.median(times[name]), "ms_samples": times[name],
-                "labels_identical_pct": 100.0 * statistics.fmean(agree[name]),
-                "labels_identical_worst_frame_pct": 100.0 * min(agree[name]),
-                # None where eager fp32 decides no pixel (random weights can tie every pixel)
-                "labels_identical_decided_pct": 100.0 * agree_decided[name] / decided_pixels if decided_pixels else None,
-                "decided_pixels_pct": 100.0 * decided_pixels / compared_pixels, "prepare_s": prepare_seconds[name],
-            })
         base = next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == BASELINE)
         pre = next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == PRE_ISSUE)
         for row in rows:
@@ -218,5 +215,75 @@ def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) ->
         "top_k": inference.top_k, "default": default_variant(inference.precision),
         "labels_compared_frames": MEMORY_FRAMES + rounds - 1, "decided_margin": DECIDED_MARGIN,
         "native_bf16": cpu_has_native_bf16(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "rows": rows,
+        "freed_memory_kept": freed_memory_kept, "rows": rows,
     }
+
+
+def _run_phase(phase, model, inference, frames, masks, objects, rounds, baseline) -> list[dict]:
+    """The phase's variants on one clip, interleaved frame by frame; in the first phase
+    eager fp32's labels become `baseline[objects]`, which every row is compared with."""
+    segmenters, prepare_seconds = {}, {}
+    for name, fast_path in variants(phase).items():
+        started = time.perf_counter()
+        segmenters[name] = Segmenter(model, inference, fast_path=fast_path)
+        prepare_seconds[name] = time.perf_counter() - started
+    times = {name: [] for name in segmenters}
+    agree = {name: [] for name in segmenters}
+    agree_decided = {name: 0 for name in segmenters}  # decided pixels whose label matches, over all frames
+    reference_frames = baseline.setdefault(objects, [])
+    for index in progress(range(MEMORY_FRAMES + rounds), f"cpu, {phase}, {objects} objects"):
+        timed = index >= MEMORY_FRAMES
+        mask = masks[0] if index == 0 else None
+        labels = {}
+        for name, segmenter in segmenters.items():
+            old_ops = pre_issue_ops() if timed and name == PRE_ISSUE else contextlib.nullcontext()
+            with old_ops:
+                started = time.perf_counter()
+                result = segmenter.step(frames[index], mask)
+                elapsed = time.perf_counter() - started
+            labels[name] = result.labels
+            if timed:
+                times[name].append(elapsed * 1e3)
+            if name == BASELINE and index > 0:
+                top_two = result.probs.topk(2, dim=0).values  # [2, H, W]
+                reference_frames.append((result.labels, top_two[0] - top_two[1] > DECIDED_MARGIN))  # [H, W] each
+        if index > 0:
+            want, decided = reference_frames[index - 1]
+            for name in segmenters:
+                same = labels[name] == want  # [H, W]
+                agree[name].append(same.double().mean().item())
+                agree_decided[name] += int(same[decided].sum())
+    decided_pixels = sum(int(decided.sum()) for _, decided in reference_frames)
+    compared_pixels = sum(decided.numel() for _, decided in reference_frames)
+    rows = []
+    for name, segmenter in segmenters.items():
+        report = segmenter.report()
+        rows.append({
+            "variant": name, "objects": objects, "allocator": phase, "memory_frames": report.memory_frames,
+            "ms_per_frame": statistics.median(times[name]), "ms_samples": times[name],
+            "labels_identical_pct": 100.0 * statistics.fmean(agree[name]),
+            "labels_identical_worst_frame_pct": 100.0 * min(agree[name]),
+            # None where eager fp32 decides no pixel (random weights can tie every pixel)
+            "labels_identical_decided_pct": 100.0 * agree_decided[name] / decided_pixels if decided_pixels else None,
+            "decided_pixels_pct": 100.0 * decided_pixels / compared_pixels, "prepare_s": prepare_seconds[name],
+        })
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="the cpu section in this process (bench/run.py --sections cpu)")
+    parser.add_argument("--output", type=Path, required=True, help="the JSON file to write")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights")
+    args = parser.parse_args(argv)
+    with cpu_threads(args.threads):
+        results = _run(args.quick, args.repeats, args.threads, args.weights)
+    with atomic_path(args.output) as temp:
+        temp.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
