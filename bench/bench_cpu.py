@@ -201,8 +201,6 @@ def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) ->
             freed_memory_kept = keep_freed_memory()
         for objects, (frames, masks) in clips.items():
             rows += _run_phase(phase, model, inference, frames, masks, objects, rounds, baseline)
-    for row in rows:
-        row["size"] = f"{width}x{height}"
     for objects in object_counts:
         base = next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == BASELINE)
         pre = next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == PRE_ISSUE)
@@ -221,7 +219,8 @@ def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) ->
 
 def _run_phase(phase, model, inference, frames, masks, objects, rounds, baseline) -> list[dict]:
     """The phase's variants on one clip, interleaved frame by frame; in the first phase
-    eager fp32's labels become `baseline[objects]`, which every row is compared with."""
+    eager fp32's labels become `baseline[objects]`, which every row is compared with.
+    frames: [T, H, W, 3] (make_clip's)."""
     segmenters, prepare_seconds = {}, {}
     for name, fast_path in variants(phase).items():
         started = time.perf_counter()
@@ -259,7 +258,8 @@ def _run_phase(phase, model, inference, frames, masks, objects, rounds, baseline
     for name, segmenter in segmenters.items():
         report = segmenter.report()
         rows.append({
-            "variant": name, "objects": objects, "allocator": phase, "memory_frames": report.memory_frames,
+            "variant": name, "objects": objects, "allocator": phase, "size": f"{frames.shape[2]}x{frames.shape[1]}",
+            "memory_frames": report.memory_frames,
             "ms_per_frame": statistics.median(times[name]), "ms_samples": times[name],
             "labels_identical_pct": 100.0 * statistics.fmean(agree[name]),
             "labels_identical_worst_frame_pct": 100.0 * min(agree[name]),

@@ -246,7 +246,9 @@ _local_attention_op.register_autograd(_local_attention_backward, setup_context=_
 def memory_read_one_chunk(query_key, memory_key, memory_value, key_bias=None, scale=None, top_k=None):
     """`reference.memory_read` with all N queries in one chunk: the same logits, the same
     top-k selection (`reference.top_k_indices`: exactly k keys, ties towards the lowest key
-    index), the same softmax and sums, in the same order.
+    index), the same softmax, and the same sums of k weighted values, as one batched product
+    here (a graph operator ONNX takes) where the reference uses `embedding_bag`: equal to
+    rounding.
 
     The reference takes queries in chunks sized from M and O to bound eager memory; a graph
     with dynamic M (memory frames) and O (objects) cannot hold a Python loop whose trip

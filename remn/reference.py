@@ -153,10 +153,9 @@ def memory_read(
 
     Queries are taken in chunks, so at most `MEMORY_READ_CHUNK_ELEMENTS` elements of the
     N × M affinity exist at a time (at least one query's row). With top-k each query sums
-    its k values only (gathered, [chunk, k, O·Cv], bounded by the same budget) instead of a
-    dense product with a mostly-zero softmax: O(N·k·O·Cv) instead of O(N·M·O·Cv). The
-    weighted sum of a query's k values is one `embedding_bag` (gather and sum in one pass,
-    in ascending key order), so no [chunk, k, O·Cv] copy of the values is made.
+    its k values only instead of a dense product with a mostly-zero softmax: O(N·k·O·Cv)
+    instead of O(N·M·O·Cv), as one `embedding_bag` (gather and weighted sum in one pass, in
+    ascending key order), so no [chunk, k, O·Cv] copy of the values is made.
     """
     batch, _, num_queries, num_keys, num_objects, value_dim = check_memory_read_args(
         query_key, memory_key, memory_value, key_bias, top_k
