@@ -44,6 +44,19 @@ def test_step_api_shapes_and_padding(size):
     assert set(labels.unique().tolist()) <= {0, 3, 7}
 
 
+def test_probs_to_labels_take_the_first_maximal_channel_as_argmax_does():
+    """Ties go to the lower channel and NaN wins, as `argmax` decides; batched leading dims too."""
+    probs = torch.rand(2, 4, 9, 11)  # [B, O+1, H, W]
+    probs[:, 2] = probs[:, 1]  # exact ties between objects 1 and 2
+    probs[0, 0, 3, 4] = 2.0  # background strictly highest
+    probs[1, :, 5, 6] = 0.25  # a four-way tie: background wins
+    probs[1, 3, 0, 0] = float("nan")  # NaN counts as the maximum
+    ids = torch.tensor([3, 7, 9])
+    want = torch.tensor([0, 3, 7, 9])[probs.argmax(dim=-3)]  # [B, H, W]
+    assert torch.equal(probs_to_labels(probs, ids), want)
+    assert probs_to_labels(probs, [3, 7, 9])[1, 0, 0] == 9 and probs_to_labels(probs, ids)[1, 5, 6] == 0
+
+
 def test_additions_start_neutral():
     """REMN's gate and local branch, untrained, change nothing: STCN's core alone gives the same output."""
     full = remn.build_model(config="tiny", device="cpu")
