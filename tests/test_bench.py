@@ -111,7 +111,8 @@ def test_quick_cpu_section_compares_every_route_with_eager_fp32(tmp_path):
     cpu = json.loads((tmp_path / "cpu.json").read_text())["cpu"]
     variants = {row["variant"] for row in cpu["rows"]}
     assert cpu["default"] in variants and {"eager fp32", "fast path fp32", "fast path + bf16"} <= variants
-    assert {"reuse freed memory", "fast path fp32, glibc's default allocator"} <= variants
+    assert {"reuse freed memory", "fast path fp32, glibc's default allocator", "fold BN + channels-last + fused ops",
+            "fast path + bf16 encoders, separate ops"} <= variants
     allocators = {row["variant"]: row["allocator"] for row in cpu["rows"]}
     assert allocators["eager fp32"] == "glibc's default allocator" and allocators[cpu["default"]] == "freed memory kept"
     for objects in (1, 2):
@@ -120,6 +121,7 @@ def test_quick_cpu_section_compares_every_route_with_eager_fp32(tmp_path):
         assert rows["eager fp32"]["x_eager"] == 1 and rows["eager fp32"]["labels_identical_pct"] == 100
         assert all(row["ms_per_frame"] > 0 and 0 <= row["labels_identical_pct"] <= 100 for row in rows.values())
         assert 0 <= rows["eager fp32"]["decided_pixels_pct"] <= 100
-        for name in ("fold BN", "share inputs", "channels-last", "fast path fp32"):  # the fp32 math: decided labels kept
+        for name in ("fold BN", "share inputs", "channels-last", "fold BN + channels-last + fused ops",
+                     "fast path fp32"):  # the fp32 math: decided labels kept
             assert rows[name]["labels_identical_decided_pct"] in (None, 100.0), (objects, name)
     assert "== CPU fast path" in done.stdout

@@ -1,4 +1,5 @@
 """The fast CPU path computes what the plain model computes; the chunked ops equal one chunk."""
+import copy
 import ctypes
 import dataclasses
 
@@ -11,13 +12,16 @@ from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
 from remn.inference import fast_path
 from remn.inference.fast_path import (
-    FastPathSettings, FastREMN, cpu_has_native_bf16, fold_batchnorm, inference_model, prepare_fast_model,
+    FastPathSettings, FastREMN, FusedConv, cpu_has_native_bf16, fold_batchnorm, inference_model, prepare_fast_model,
 )
 
 HEIGHT, WIDTH = 56, 72  # a padded band on both axes (not multiples of 16)
-ALL_OFF = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, bf16="none")
+ALL_OFF = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, fuse_pointwise=False,
+                           bf16="none")
 ROUTES = {
     "fold": dataclasses.replace(ALL_OFF, fold_batchnorm=True),
+    "fold+fuse": dataclasses.replace(ALL_OFF, fold_batchnorm=True, fuse_pointwise=True),
+    "fuse": dataclasses.replace(ALL_OFF, fuse_pointwise=True),  # the residual blocks only: no BatchNorm folded
     "share": dataclasses.replace(ALL_OFF, share_inputs=True),
     "channels_last": dataclasses.replace(ALL_OFF, channels_last=True),
     "fp32 default": FastPathSettings(bf16="none"),
@@ -99,7 +103,7 @@ def test_bf16_weights_stored_once_compute_what_autocasts_casts_compute(models, m
     parts = ("key_encoder", "key_proj", "key_comp", "value_encoder") + (("decoder",) if settings.bf16 == "all" else ())
     for name, parameter in stored.named_parameters():
         module = stored.get_submodule(name.rpartition(".")[0])
-        in_bf16 = name.split(".")[0] in parts and isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+        in_bf16 = name.split(".")[0] in parts and isinstance(module, (torch.nn.Conv2d, FusedConv, torch.nn.Linear))
         assert parameter.dtype == (torch.bfloat16 if in_bf16 else torch.float32), name
     assert any(p.dtype == torch.float32 for n, p in stored.named_parameters() if n.startswith("local_branch"))
     for got, want in zip(one_step(stored, 2), one_step(cast_per_call, 2)):
@@ -314,3 +318,77 @@ def test_preparing_on_the_cpu_keeps_freed_memory_as_the_settings_say(models, mon
     monkeypatch.setattr(fast_path, "keep_freed_memory", lambda: calls.append(True) or True)
     prepare_fast_model(models["tiny"], FastPathSettings(reuse_freed_memory=reuse))
     assert calls == ([True] if reuse else [])
+
+
+def _blocks_of_each_kind():
+    """name → a block with random weights and folded BatchNorm, and an input [2, C, 13, 19] for it."""
+    from remn.model.modules import ResBlock
+    from remn.model.resnet import BasicBlock, Bottleneck
+    torch.manual_seed(4)
+    blocks = {
+        "bottleneck, downsample, stride 2": (Bottleneck(24, 8, stride=2), 24),
+        "bottleneck": (Bottleneck(32, 8), 32),
+        "basic block, biased": (BasicBlock(16, 16), 16),
+        "basic block, downsample": (BasicBlock(16, 24, stride=2), 16),
+        "residual block": (ResBlock(24), 24),
+        "residual block, downsample": (ResBlock(40, 24), 40),
+    }
+    made = {}
+    for name, (block, channels) in blocks.items():
+        block = random_statistics(block).eval().requires_grad_(False)
+        fold_batchnorm(block)
+        made[name] = (block, torch.randn(2, channels, 13, 19))
+    return made
+
+
+@pytest.mark.parametrize("channels_last", [True, False])  # False: an NCHW input, made channels-last by the block
+@pytest.mark.parametrize("name", list(_blocks_of_each_kind()))
+def test_fused_blocks_compute_the_separate_ops(name, channels_last):
+    """fp32: the fused block matches the block run op by op to rounding. bf16 (weights held
+    in bf16, under autocast as a bf16 trunk runs): its error against fp64 is no larger than
+    twice the separate ops' own bf16 error (it rounds the sum once, they twice)."""
+    block, x = _blocks_of_each_kind()[name]
+    block.to(memory_format=torch.channels_last)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    fused = fast_path.FUSED_FORMS[type(block)](block)
+    with torch.inference_mode():
+        want = block(x)
+        got = fused(x)
+        assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+        exact = copy.deepcopy(block).double()(x.bfloat16().double())
+        bf16_block = copy.deepcopy(block)
+        for module in bf16_block.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.to(torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a block's input is its bf16 predecessor's output
+            separate = bf16_block(x.bfloat16())
+            together = fast_path.FUSED_FORMS[type(block)](bf16_block)(x.bfloat16())
+    assert together.dtype == separate.dtype == torch.bfloat16
+    separate_error = (separate.double() - exact).abs().max().item()
+    assert (together.double() - exact).abs().max().item() <= 2 * separate_error + 1e-3 * exact.abs().max().item()
+
+
+def test_fuse_pointwise_replaces_the_blocks_it_can(models):
+    """Folded ResNet blocks and every residual block are fused; a ResNet block whose
+    BatchNorm was kept stays as it is, and so does everything with the route off or compiled."""
+    from remn.model.modules import ResBlock
+    from remn.model.resnet import BasicBlock, Bottleneck
+    model = models["tiny"]
+
+    def kinds(settings):
+        fast = prepare_fast_model(model, settings)
+        return {kind.__name__ for kind in (Bottleneck, BasicBlock, ResBlock, *fast_path.FUSED_FORMS.values())
+                if any(type(module) is kind for module in fast.modules())}
+
+    fused = {"FusedBottleneck", "FusedBasicBlock", "FusedResBlock"}
+    assert kinds(FastPathSettings(bf16="none")) == fused
+    assert kinds(FastPathSettings(fold_batchnorm=False, bf16="none")) == {"Bottleneck", "BasicBlock", "FusedResBlock"}
+    unfused = {"Bottleneck", "BasicBlock", "ResBlock"}
+    assert kinds(FastPathSettings(fuse_pointwise=False, bf16="none")) == unfused
+    assert kinds(FastPathSettings(channels_last=False, bf16="none")) == unfused
+    with pytest.raises(ValueError, match="fuse_pointwise"):
+        FastPathSettings(fuse_pointwise=1)
+    with pytest.raises(ValueError, match="zero padding"):
+        FusedConv(torch.nn.Conv2d(4, 4, 3, padding="same"))

@@ -16,6 +16,16 @@ each a field of `FastPathSettings`:
   ≈ 40 % of the decoder's work per extra object at 480p.
 - `channels_last`: weights and activations in NHWC, the layout oneDNN's convolutions
   take natively.
+- `fuse_pointwise`: each ReLU and residual add that follows a convolution runs inside it
+  as a oneDNN post-op (`torch.ops.mkldnn._convolution_pointwise`, the op Inductor's CPU
+  freezing emits): relu(conv(x) + identity) in one pass over the output instead of three,
+  in the decoder's and fuser's residual blocks and in the ResNet blocks whose BatchNorm
+  `fold_batchnorm` folded. Exact up to rounding: in fp32 most layers match the separate
+  ops to the bit (oneDNN may take another kernel for a fused call, e.g. layer3's 1×1
+  convolutions, a few ulp apart); in the bf16 trunks the sum is rounded to bf16 once where
+  the separate ops round twice. CPU only (`conv_pointwise_available`), with
+  `channels_last` (oneDNN fuses the add only into channels-last outputs), and not with
+  `compile_mode`, where Inductor fuses the graph itself.
 - `bf16`: which parts run under `torch.autocast("cpu", torch.bfloat16)`: "none",
   "encoders" (the key and value encoders) or "all" (the encoders and the decoder); the
   memory read, local attention and gate stay fp32 (the reference ops switch autocast off).
@@ -85,12 +95,13 @@ class FastPathSettings:
     fold_batchnorm: bool = True
     share_inputs: bool = True
     channels_last: bool = True
+    fuse_pointwise: bool = True  # ReLUs and residual adds inside the convolutions (CPU)
     bf16: str | None = None  # one of BF16_PARTS; None: as InferenceConfig.precision says
     compile_mode: str | None = None  # one of COMPILE_MODES: torch.compile the trunks; None: eager (off until measured)
     reuse_freed_memory: bool = True  # glibc keeps freed memory for reuse (process-wide; keep_freed_memory)
 
     def __post_init__(self):
-        for name in ("fold_batchnorm", "share_inputs", "channels_last", "reuse_freed_memory"):
+        for name in ("fold_batchnorm", "share_inputs", "channels_last", "fuse_pointwise", "reuse_freed_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FastPathSettings.{name} must be a bool, got {getattr(self, name)!r}")
         if self.bf16 is not None and self.bf16 not in BF16_PARTS:
@@ -152,6 +163,107 @@ def fold_batchnorm(module: nn.Module) -> None:
             if isinstance(bn, nn.BatchNorm2d):
                 setattr(block, conv_name, fuse_conv_bn_eval(getattr(block, conv_name), bn))
                 setattr(block, bn_name, nn.Identity())
+
+
+def conv_pointwise_available() -> bool:
+    """Whether this torch build has oneDNN's convolution with fused post-ops
+    (`torch.ops.mkldnn._convolution_pointwise`, a CPU op)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class FusedConv(nn.Module):
+    """A Conv2d with what follows it inside the one oneDNN call: relu?(conv(x) + add?).
+
+    x [N, Cin, H, W], add [N, Cout, H', W'] → [N, Cout, H', W'], channels-last: oneDNN
+    fuses the add only into a channels-last output (in NCHW torch falls back to the separate
+    ops, which have no bf16 add-relu), so inputs in another layout are made channels-last
+    first (the fast path already hands them so). It computes in the dtype a Conv2d would: the CPU autocast's where one is on (autocast does
+    not see this op, so the casts are made here; weights `store_bf16_weights` holds in
+    bf16 are taken as they are), else the weights'. In fp32 it matches conv, + and relu
+    run apart to rounding; in bf16 conv(x) + add is rounded once, not twice.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"FusedConv needs explicit zero padding, got padding={conv.padding!r} "
+                             f"padding_mode={conv.padding_mode!r}")
+        self.weight, self.bias = conv.weight, conv.bias
+        self.padding, self.stride, self.dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
+        self.groups = conv.groups
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else self.weight.dtype
+        x, weight = x.to(dtype).contiguous(memory_format=torch.channels_last), self.weight.to(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        geometry = (self.padding, self.stride, self.dilation, self.groups)
+        if add is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, "relu" if relu else "none",
+                                                           [None], "")
+        add = add.to(dtype).contiguous(memory_format=torch.channels_last)
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, add, weight, bias, *geometry, "add", None,
+                                                              "relu" if relu else None, [None], "")
+
+
+def _batchnorm_folded(block: Bottleneck | BasicBlock) -> bool:
+    """Whether fold_batchnorm left identities where the block's BatchNorms were."""
+    return all(isinstance(module, nn.Identity) for name, module in block.named_children() if name.startswith("bn"))
+
+
+class FusedBottleneck(nn.Module):
+    """A `Bottleneck` with BatchNorm folded: relu(conv3(relu(conv2(relu(conv1 x)))) + identity), three fused calls."""
+
+    def __init__(self, block: Bottleneck):
+        super().__init__()
+        if not _batchnorm_folded(block):
+            raise ValueError("FusedBottleneck needs the block's BatchNorm folded first (fold_batchnorm)")
+        self.conv1, self.conv2, self.conv3 = FusedConv(block.conv1), FusedConv(block.conv2), FusedConv(block.conv3)
+        self.downsample = block.downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.conv3(self.conv2(self.conv1(x, relu=True), relu=True), add=identity, relu=True)
+
+
+class FusedBasicBlock(nn.Module):
+    """A `BasicBlock` with BatchNorm folded: relu(conv2(relu(conv1 x)) + identity), two fused calls."""
+
+    def __init__(self, block: BasicBlock):
+        super().__init__()
+        if not _batchnorm_folded(block):
+            raise ValueError("FusedBasicBlock needs the block's BatchNorm folded first (fold_batchnorm)")
+        self.conv1, self.conv2 = FusedConv(block.conv1), FusedConv(block.conv2)
+        self.downsample = block.downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.conv2(self.conv1(x, relu=True), add=identity, relu=True)
+
+
+class FusedResBlock(nn.Module):
+    """A `ResBlock`: conv2(relu(conv1(relu x))) + shortcut, the inner ReLU and the add fused."""
+
+    def __init__(self, block: ResBlock):
+        super().__init__()
+        self.conv1, self.conv2 = FusedConv(block.conv1), FusedConv(block.conv2)
+        self.downsample = block.downsample
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.conv2(self.conv1(F.relu(x), relu=True), add=shortcut)
+
+
+FUSED_FORMS = {Bottleneck: FusedBottleneck, BasicBlock: FusedBasicBlock, ResBlock: FusedResBlock}
+
+
+def fuse_pointwise(module: nn.Module) -> None:
+    """In place: replace every `ResBlock` below `module`, and every ResNet block whose
+    BatchNorm is folded (`fold_batchnorm`), by its fused form (FUSED_FORMS)."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            form = FUSED_FORMS.get(type(child))
+            if form is not None and (form is FusedResBlock or _batchnorm_folded(child)):
+                setattr(parent, name, form(child))
 
 
 def _split_conv(conv: nn.Conv2d, first: int) -> tuple[nn.Conv2d, nn.Conv2d]:
@@ -365,6 +477,10 @@ def prepare_fast_model(model: REMN, settings: FastPathSettings | None = None, pr
             if isinstance(module, nn.Conv2d):
                 module.to(memory_format=torch.channels_last)
     fast.store_bf16_weights()
+    # After the weights' layout and dtype are set; a compiled trunk is left to Inductor's own fusion.
+    fuse = settings.fuse_pointwise and settings.channels_last and settings.compile_mode is None
+    if fuse and on_cpu and conv_pointwise_available():
+        fuse_pointwise(fast)
     if settings.compile_mode is not None:
         fast.compile_trunks(settings.compile_mode)
     if settings.reuse_freed_memory and on_cpu:
