@@ -28,7 +28,8 @@ with eager fp32's of the first:
      `channels-last`, `bf16 encoders`, `bf16 encoders + decoder`
      (`remn.inference.fast_path.FastPathSettings`); fused ops need folded BatchNorm and
      channels-last, so they are `fold BN + channels-last + fused ops` beside `fold BN +
-     channels-last`;
+     channels-last`; `Winograd` computes the fp32 trunks' wide 3×3 convolutions by
+     F(4×4, 3×3);
    - `fast path fp32, glibc's default allocator`, `fast path + bf16 encoders, …`,
      `fast path + bf16, …`: every compute route, bf16="none", "encoders", "all", without
      the allocator route.
@@ -37,7 +38,8 @@ with eager fp32's of the first:
    - `fast path fp32`, `fast path + bf16 encoders`, `fast path + bf16`: the fast path as a
      Segmenter runs it, every route (FastPathSettings(bf16=...), InferenceConfig.precision
      "bf16" for the last), and `fast path + bf16 encoders, separate ops`, the default
-     without fused ops (`fuse_pointwise=False`): what fusing adds on top of the rest.
+     without fused ops (`fuse_pointwise=False`), and `…, direct convolutions`, the default
+     without Winograd: what each adds on top of the rest.
 The phases do not interleave, so the machine should be idle. The result's `default` names
 the one `Segmenter` runs on this CPU by default (precision "auto",
 `FastPathSettings().resolved_bf16`): `fast path + bf16 encoders` where the CPU has native
@@ -73,7 +75,7 @@ from remn.train.trainer import cpu_threads
 MEMORY_FRAMES = 5
 DECIDED_MARGIN = 1e-3  # a pixel eager fp32 decides: top probability − runner-up > this
 NO_ROUTE = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, fuse_pointwise=False,
-                            bf16="none", reuse_freed_memory=False)
+                            winograd=False, bf16="none", reuse_freed_memory=False)
 ROUTES = {
     "fold BN": dataclasses.replace(NO_ROUTE, fold_batchnorm=True),
     "share inputs": dataclasses.replace(NO_ROUTE, share_inputs=True),
@@ -82,6 +84,7 @@ ROUTES = {
     "fold BN + channels-last": dataclasses.replace(NO_ROUTE, fold_batchnorm=True, channels_last=True),
     "fold BN + channels-last + fused ops": dataclasses.replace(NO_ROUTE, fold_batchnorm=True, channels_last=True,
                                                                fuse_pointwise=True),
+    "Winograd": dataclasses.replace(NO_ROUTE, winograd=True),
     "bf16 encoders": dataclasses.replace(NO_ROUTE, bf16="encoders"),
     "bf16 encoders + decoder": dataclasses.replace(NO_ROUTE, bf16="all"),
 }
@@ -92,6 +95,7 @@ GLIBC_DEFAULT, KEPT = "glibc's default allocator", "freed memory kept"
 PHASES = (GLIBC_DEFAULT, KEPT)  # in this order: keeping freed memory cannot be undone in a process
 REUSE_ALONE = "reuse freed memory"  # eager fp32 in the second phase: the allocator route alone
 SEPARATE_OPS = "fast path + bf16 encoders, separate ops"  # the default but for fuse_pointwise
+DIRECT_CONVOLUTIONS = "fast path + bf16 encoders, direct convolutions"  # the default but for winograd
 
 
 def dense_memory_read(query_key, memory_key, memory_value, key_bias=None, *, scale=None, top_k=None):
@@ -161,6 +165,7 @@ def variants(phase: str) -> dict[str, FastPathSettings | bool]:
     rows = {REUSE_ALONE: False}  # plain eager fp32, in a process that keeps freed memory
     rows.update({name: FastPathSettings(bf16=parts) for parts, name in FAST_PATH.items()})
     rows[SEPARATE_OPS] = FastPathSettings(bf16="encoders", fuse_pointwise=False)
+    rows[DIRECT_CONVOLUTIONS] = FastPathSettings(bf16="encoders", winograd=False)
     return rows
 
 

@@ -112,7 +112,8 @@ def test_quick_cpu_section_compares_every_route_with_eager_fp32(tmp_path):
     variants = {row["variant"] for row in cpu["rows"]}
     assert cpu["default"] in variants and {"eager fp32", "fast path fp32", "fast path + bf16"} <= variants
     assert {"reuse freed memory", "fast path fp32, glibc's default allocator", "fold BN + channels-last + fused ops",
-            "fast path + bf16 encoders, separate ops"} <= variants
+            "fast path + bf16 encoders, separate ops", "Winograd",
+            "fast path + bf16 encoders, direct convolutions"} <= variants
     allocators = {row["variant"]: row["allocator"] for row in cpu["rows"]}
     assert allocators["eager fp32"] == "glibc's default allocator" and allocators[cpu["default"]] == "freed memory kept"
     for objects in (1, 2):

@@ -26,6 +26,12 @@ each a field of `FastPathSettings`:
   the separate ops round twice. CPU only (`conv_pointwise_available`), with
   `channels_last` (oneDNN fuses the add only into channels-last outputs), and not with
   `compile_mode`, where Inductor fuses the graph itself.
+- `winograd`: the 3×3, stride-1 convolutions of the fp32 trunks (the decoder, by default
+  here) with at least 128 input and output channels computed by Winograd's F(4×4, 3×3)
+  (`remn.inference.winograd`): a quarter of the multiplications, at 0.43–0.61× the direct
+  convolution's time on the decoder's shapes at 480p. Its rounding differs more than the
+  other fp32 routes' (about 1e-5 of the output's scale against 1e-6), still far below
+  bf16's. CPU only, and not with `compile_mode`.
 - `bf16`: which parts run under `torch.autocast("cpu", torch.bfloat16)`: "none",
   "encoders" (the key and value encoders) or "all" (the encoders and the decoder); the
   memory read, local attention and gate stay fp32 (the reference ops switch autocast off).
@@ -65,6 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from remn.inference.winograd import WinogradConv2d, winograd_pays
 from remn.model.modules import ResBlock, UpsampleBlock
 from remn.model.network import REMN
 from remn.model.resnet import BasicBlock, Bottleneck, ResNetStem
@@ -96,12 +103,14 @@ class FastPathSettings:
     share_inputs: bool = True
     channels_last: bool = True
     fuse_pointwise: bool = True  # ReLUs and residual adds inside the convolutions (CPU)
+    winograd: bool = True  # fp32 trunks' 3×3 convolutions (≥ 128 channels) by F(4×4, 3×3) (CPU)
     bf16: str | None = None  # one of BF16_PARTS; None: as InferenceConfig.precision says
     compile_mode: str | None = None  # one of COMPILE_MODES: torch.compile the trunks; None: eager (off until measured)
     reuse_freed_memory: bool = True  # glibc keeps freed memory for reuse (process-wide; keep_freed_memory)
 
     def __post_init__(self):
-        for name in ("fold_batchnorm", "share_inputs", "channels_last", "fuse_pointwise", "reuse_freed_memory"):
+        for name in ("fold_batchnorm", "share_inputs", "channels_last", "fuse_pointwise", "winograd",
+                     "reuse_freed_memory"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FastPathSettings.{name} must be a bool, got {getattr(self, name)!r}")
         if self.bf16 is not None and self.bf16 not in BF16_PARTS:
@@ -205,6 +214,11 @@ class FusedConv(nn.Module):
                                                               "relu" if relu else None, [None], "")
 
 
+def _fused(conv: nn.Module) -> nn.Module:
+    """conv with FusedConv's call, relu?(conv(x) + add?): a WinogradConv2d already has it."""
+    return conv if isinstance(conv, WinogradConv2d) else FusedConv(conv)
+
+
 def _batchnorm_folded(block: Bottleneck | BasicBlock) -> bool:
     """Whether fold_batchnorm left identities where the block's BatchNorms were."""
     return all(isinstance(module, nn.Identity) for name, module in block.named_children() if name.startswith("bn"))
@@ -217,7 +231,7 @@ class FusedBottleneck(nn.Module):
         super().__init__()
         if not _batchnorm_folded(block):
             raise ValueError("FusedBottleneck needs the block's BatchNorm folded first (fold_batchnorm)")
-        self.conv1, self.conv2, self.conv3 = FusedConv(block.conv1), FusedConv(block.conv2), FusedConv(block.conv3)
+        self.conv1, self.conv2, self.conv3 = _fused(block.conv1), _fused(block.conv2), _fused(block.conv3)
         self.downsample = block.downsample
 
     def forward(self, x):
@@ -232,7 +246,7 @@ class FusedBasicBlock(nn.Module):
         super().__init__()
         if not _batchnorm_folded(block):
             raise ValueError("FusedBasicBlock needs the block's BatchNorm folded first (fold_batchnorm)")
-        self.conv1, self.conv2 = FusedConv(block.conv1), FusedConv(block.conv2)
+        self.conv1, self.conv2 = _fused(block.conv1), _fused(block.conv2)
         self.downsample = block.downsample
 
     def forward(self, x):
@@ -245,7 +259,7 @@ class FusedResBlock(nn.Module):
 
     def __init__(self, block: ResBlock):
         super().__init__()
-        self.conv1, self.conv2 = FusedConv(block.conv1), FusedConv(block.conv2)
+        self.conv1, self.conv2 = _fused(block.conv1), _fused(block.conv2)
         self.downsample = block.downsample
 
     def forward(self, x):
@@ -256,14 +270,34 @@ class FusedResBlock(nn.Module):
 FUSED_FORMS = {Bottleneck: FusedBottleneck, BasicBlock: FusedBasicBlock, ResBlock: FusedResBlock}
 
 
+def _replace_below(module: nn.Module, replacement) -> None:
+    """In place: each module below `module` for which replacement(child) is not None becomes that."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            replaced = replacement(child)
+            if replaced is not None:
+                setattr(parent, name, replaced)
+
+
+def _fused_form(block: nn.Module) -> nn.Module | None:
+    form = FUSED_FORMS.get(type(block))
+    return form(block) if form is not None and (form is FusedResBlock or _batchnorm_folded(block)) else None
+
+
 def fuse_pointwise(module: nn.Module) -> None:
     """In place: replace every `ResBlock` below `module`, and every ResNet block whose
     BatchNorm is folded (`fold_batchnorm`), by its fused form (FUSED_FORMS)."""
-    for parent in list(module.modules()):
-        for name, child in parent.named_children():
-            form = FUSED_FORMS.get(type(child))
-            if form is not None and (form is FusedResBlock or _batchnorm_folded(child)):
-                setattr(parent, name, form(child))
+    _replace_below(module, _fused_form)
+
+
+def _winograd_form(conv: nn.Module) -> WinogradConv2d | None:
+    return WinogradConv2d(conv) if winograd_pays(conv) else None
+
+
+def use_winograd(module: nn.Module) -> None:
+    """In place: every convolution below `module` that F(4×4, 3×3) computes and pays for
+    (`winograd_pays`: 3×3, stride 1, fp32, ≥ MIN_CHANNELS channels) becomes a WinogradConv2d."""
+    _replace_below(module, _winograd_form)
 
 
 def _split_conv(conv: nn.Conv2d, first: int) -> tuple[nn.Conv2d, nn.Conv2d]:
@@ -332,7 +366,8 @@ class FastREMN(REMN):
     trunks that run under bf16 autocast: "encoders" (key and value) or "all" (the decoder
     too); their outputs are handed on in fp32, so memory, local attention, the gate and the
     read are fp32 as in the plain model. With `split_shared_inputs()` applied, the value and
-    decode trunks compute each frame's shared inputs once for all its objects. With
+    decode trunks compute each frame's shared inputs once for all its objects; with
+    `compute_by_winograd()` the fp32 trunks' wide 3×3 convolutions are WinogradConv2d. With
     `compile_trunks(mode)` each trunk is a `torch.compile` of itself.
     """
 
@@ -370,6 +405,20 @@ class FastREMN(REMN):
                 for module in getattr(self, name).modules():
                     if isinstance(module, (nn.Conv2d, nn.Linear)):
                         module.to(torch.bfloat16)
+
+    def compute_by_winograd(self) -> None:
+        """`use_winograd` on the fp32 trunks' modules, a module that is itself such a
+        convolution (key_comp) included. The bf16 trunks keep oneDNN's bf16 convolutions:
+        here F(4×4, 3×3) is an fp32 algorithm, its transforms would round to bf16."""
+        for part, names in TRUNK_MODULES.items():
+            if self._in_bf16(part):
+                continue
+            for name in names:
+                replaced = _winograd_form(getattr(self, name))
+                if replaced is not None:
+                    setattr(self, name, replaced)
+                else:
+                    use_winograd(getattr(self, name))
 
     def split_shared_inputs(self) -> None:
         """Replace the value encoder's stem and fuser input block and the decoder's compress
@@ -477,6 +526,8 @@ def prepare_fast_model(model: REMN, settings: FastPathSettings | None = None, pr
             if isinstance(module, nn.Conv2d):
                 module.to(memory_format=torch.channels_last)
     fast.store_bf16_weights()
+    if settings.winograd and on_cpu and settings.compile_mode is None:  # after the layout and the bf16 weights are set
+        fast.compute_by_winograd()
     # After the weights' layout and dtype are set; a compiled trunk is left to Inductor's own fusion.
     fuse = settings.fuse_pointwise and settings.channels_last and settings.compile_mode is None
     if fuse and on_cpu and conv_pointwise_available():

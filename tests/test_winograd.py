@@ -1,0 +1,116 @@
+"""WinogradConv2d (F(4×4, 3×3)) against the direct convolution, and where the fast path uses it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import remn
+from remn.inference import fast_path, winograd
+from remn.inference.fast_path import FastPathSettings, prepare_fast_model
+from remn.inference.winograd import WinogradConv2d, winograd_applies, winograd_pays
+
+# a rounding floor for Winograd's fp32 error: about 1e-5 of the output's scale at 256-512
+# channels (the module docstring), against ~1e-6 for the direct convolution
+WINOGRAD_RTOL = 3e-5
+
+
+def conv_and_input(batch, in_channels, out_channels, height, width, bias=True, channels_last=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias).eval().requires_grad_(False)
+    conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) / (3 * in_channels ** 0.5))
+    if bias:
+        conv.bias.copy_(torch.randn(out_channels, generator=generator))
+    x = torch.randn(batch, in_channels, height, width, generator=generator)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return conv, x
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 8, 8, 16, 16),  # whole tiles
+    (2, 7, 5, 13, 19),  # tails on both axes, Cin ≠ Cout
+    (3, 16, 24, 5, 7),  # one partial tile row and column pair
+    (1, 4, 4, 1, 1),  # a single pixel: all padding but the centre
+    (2, 32, 16, 30, 54),  # the decoder's 1/16 grid at 480p (not a multiple of 4)
+])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_winograd_computes_the_convolution(shape, bias, channels_last):
+    conv, x = conv_and_input(*shape, bias=bias, channels_last=channels_last)
+    want = F.conv2d(x.double(), conv.weight.double(), None if conv.bias is None else conv.bias.double(), padding=1)
+    got = WinogradConv2d(conv)(x)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=WINOGRAD_RTOL * want.abs().max().item())
+
+
+def test_winograd_adds_and_rectifies_in_bands(monkeypatch):
+    """relu(conv(x) + add) in many bands of one tile row (the last one cut by the image
+    edge) equals the same in one band, and the direct math."""
+    conv, x = conv_and_input(2, 12, 10, 22, 17)
+    add = torch.randn(2, 10, 22, 17).contiguous(memory_format=torch.channels_last)
+    want = F.relu(F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1) + add.double())
+    module = WinogradConv2d(conv)
+    one_band = module(x, add=add, relu=True)
+    monkeypatch.setattr(winograd, "BAND_BYTES", 1)  # every band is one tile row: 6 bands, the last 2 rows tall
+    banded = module(x, add=add, relu=True)
+    torch.testing.assert_close(banded, one_band, rtol=0, atol=0)
+    torch.testing.assert_close(banded.double(), want, rtol=0, atol=WINOGRAD_RTOL * want.abs().max().item())
+    assert (banded == 0).any() and (banded >= 0).all()
+
+
+def test_winograd_at_the_decoders_width_errs_near_the_direct_convolution():
+    """At 256 channels (the decoder's 1/4 grid, cut to a band): within 20× the direct fp32
+    convolution's own error against fp64, and within WINOGRAD_RTOL of the scale."""
+    conv, x = conv_and_input(1, 256, 256, 12, 20, seed=3)
+    exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    direct_error = (conv(x).double() - exact).abs().max().item()
+    error = (WinogradConv2d(conv)(x).double() - exact).abs().max().item()
+    assert error <= 20 * direct_error and error <= WINOGRAD_RTOL * exact.abs().max().item()
+
+
+def test_winograd_refuses_what_it_does_not_compute():
+    for conv in (torch.nn.Conv2d(4, 4, 3, stride=2, padding=1), torch.nn.Conv2d(4, 4, 1),
+                 torch.nn.Conv2d(4, 4, 3, padding=1, groups=2), torch.nn.Conv2d(4, 4, 3, padding=2, dilation=2),
+                 torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+                 torch.nn.Conv2d(4, 4, 3, padding=1).to(torch.bfloat16), torch.nn.Conv2d(4, 4, 3, padding="same")):
+        assert not winograd_applies(conv)
+        with pytest.raises(ValueError, match="3×3, stride-1"):
+            WinogradConv2d(conv)
+    module = WinogradConv2d(torch.nn.Conv2d(4, 6, 3, padding=1))
+    with pytest.raises(ValueError, match=r"fp32 \[N, 4, H, W\]"):
+        module(torch.rand(1, 5, 8, 8))
+    with pytest.raises(ValueError, match=r"fp32 \[N, 4, H, W\]"):
+        module(torch.rand(1, 4, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="add must be"):
+        module(torch.rand(1, 4, 8, 8), add=torch.rand(1, 6, 8, 7))
+    assert winograd_pays(torch.nn.Conv2d(128, 256, 3, padding=1))
+    assert not winograd_pays(torch.nn.Conv2d(256, 64, 3, padding=1)) and not winograd_pays(torch.nn.Conv2d(256, 1, 3, padding=1))
+
+
+@pytest.mark.parametrize("bf16", ["none", "encoders", "all"])
+def test_fast_path_computes_its_fp32_trunks_by_winograd(monkeypatch, bf16):
+    """With every width eligible (MIN_CHANNELS = 1 on the tiny model), the fp32 trunks'
+    3×3 stride-1 convolutions, in the fused blocks too, become WinogradConv2d and the bf16
+    trunks' do not; the step's outputs stay within fp32-route tolerance of the plain model."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    torch.manual_seed(0)
+    model = remn.build_model(config="tiny", device="cpu").eval()
+    fast = prepare_fast_model(model, FastPathSettings(bf16=bf16))
+    for part, names in fast_path.TRUNK_MODULES.items():
+        for name in names:
+            kinds = {type(module) for module in getattr(fast, name).modules()}
+            assert (WinogradConv2d in kinds) == (not fast._in_bf16(part)), (part, name)
+    fused_by_winograd = [isinstance(block.conv2, WinogradConv2d) for block in fast.modules()
+                         if isinstance(block, fast_path.FusedResBlock)]
+    assert fused_by_winograd and any(fused_by_winograd) == (not fast._in_bf16("decoder"))
+    plain = prepare_fast_model(model, FastPathSettings(bf16=bf16, winograd=False))
+    assert not any(isinstance(module, WinogradConv2d) for module in plain.modules())
+    generator = torch.Generator().manual_seed(1)
+    image, probs = torch.rand(1, 3, 56, 72, generator=generator), torch.rand(1, 2, 56, 72, generator=generator)
+    with torch.inference_mode():
+        features, want_features = fast.encode_key(image), plain.encode_key(image)
+        readout = torch.randn(1, 2, model.config.value_dim, *features.key.shape[-2:], generator=generator)
+        for got, want in ((features.key, want_features.key),
+                          (fast.encode_value(features, probs), plain.encode_value(features, probs)),
+                          (fast.decode(features, readout), plain.decode(features, readout))):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
