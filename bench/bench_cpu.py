@@ -40,7 +40,9 @@ with eager fp32's of the first:
      "bf16" for the last), and `fast path + bf16 encoders, separate ops`, the default
      without fused ops (`fuse_pointwise=False`), and `…, direct convolutions`, the default
      without Winograd: what each adds on top of the rest.
-The phases do not interleave, so the machine should be idle. The result's `default` names
+The phases do not interleave, so the machine should be idle; where its speed drifts between
+the phases, `x_phase_eager` (each row against plain eager fp32 of its own phase, stepped
+interleaved with it) is immune to the drift, while `x_eager` across phases is not. The result's `default` names
 the one `Segmenter` runs on this CPU by default (precision "auto",
 `FastPathSettings().resolved_bf16`): `fast path + bf16 encoders` where the CPU has native
 bf16, else `fast path fp32`.
@@ -216,11 +218,14 @@ def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) ->
         for objects, (frames, masks) in clips.items():
             rows += _run_phase(phase, model, inference, frames, masks, objects, rounds, baseline)
     for objects in object_counts:
-        base = next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == BASELINE)
-        pre = next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == PRE_ISSUE)
+        def time_of(variant):
+            return next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == variant)
+        base, pre = time_of(BASELINE), time_of(PRE_ISSUE)
+        phase_eager = {GLIBC_DEFAULT: base, KEPT: time_of(REUSE_ALONE)}  # plain eager fp32 in each phase
         for row in rows:
             if row["objects"] == objects:
                 row["x_eager"] = row["ms_per_frame"] / base
+                row["x_phase_eager"] = row["ms_per_frame"] / phase_eager[row["allocator"]]
                 row["x_pre_issue"] = row["ms_per_frame"] / pre
     return {
         "model": preset, "weights": weights or "random", "threads": threads, "rounds": rounds,

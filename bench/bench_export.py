@@ -47,7 +47,8 @@ from remn.train.trainer import cpu_threads
 MEMORY_FRAMES = 5
 WARMUP = 3  # frames after the memory is full, untimed: torch.compile recompiles once the bank is at capacity
 STEPS = ("encode_key", "encode_value", "segment")
-BN_FOLDED = FastPathSettings(share_inputs=False, channels_last=False, bf16="none")
+BN_FOLDED = FastPathSettings(share_inputs=False, channels_last=False, fuse_pointwise=False, winograd=False,
+                             bf16="none")  # BatchNorm folding alone
 AGREEMENT_FRAMES = 6  # frames of the all-keys comparison (memory full from frame 5 on)
 
 

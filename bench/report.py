@@ -97,12 +97,12 @@ def print_tables(results: dict) -> None:
               f"top-{cpu['top_k']}, native bf16: {cpu['native_bf16']}, freed memory kept: "
               f"{cpu.get('freed_memory_kept', '?')}; default: {cpu['default']}) ==")
         decided = f"on decided px (margin > {cpu.get('decided_margin', '?')}) %"
-        headers = ["variant", "objects", "allocator", "size", "ms/frame", "x eager", "x before #17",
+        headers = ["variant", "objects", "allocator", "size", "ms/frame", "x eager", "x phase's eager", "x before #17",
                    "labels identical %", "worst frame %", "decided px %", decided]
         percent = ("labels_identical_pct", "labels_identical_worst_frame_pct", "decided_pixels_pct",
                    "labels_identical_decided_pct")  # two decimals: 99.98 is not 100
         rows = [[e["variant"], e["objects"], e.get("allocator", "?"), e["size"], e["ms_per_frame"], e["x_eager"],
-                 e["x_pre_issue"]]
+                 e.get("x_phase_eager"), e["x_pre_issue"]]
                 + [None if e.get(key) is None else f"{e[key]:.2f}" for key in percent] for e in cpu["rows"]]
         print(format_table(headers, rows))
     if results.get("export", {}).get("rows"):

@@ -120,6 +120,9 @@ def test_quick_cpu_section_compares_every_route_with_eager_fp32(tmp_path):
         rows = {row["variant"]: row for row in cpu["rows"] if row["objects"] == objects}
         assert set(rows) == variants
         assert rows["eager fp32"]["x_eager"] == 1 and rows["eager fp32"]["labels_identical_pct"] == 100
+        assert rows["eager fp32"]["x_phase_eager"] == 1 == rows["reuse freed memory"]["x_phase_eager"]
+        default = rows[cpu["default"]]
+        assert default["x_phase_eager"] == default["ms_per_frame"] / rows["reuse freed memory"]["ms_per_frame"]
         assert all(row["ms_per_frame"] > 0 and 0 <= row["labels_identical_pct"] <= 100 for row in rows.values())
         assert 0 <= rows["eager fp32"]["decided_pixels_pct"] <= 100
         for name in ("fold BN", "share inputs", "channels-last", "fold BN + channels-last + fused ops",
