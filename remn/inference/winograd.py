@@ -1,4 +1,4 @@
-"""3×3 convolutions by Winograd's minimal filtering F(4×4, 3×3), for the CPU fast path's fp32 decoder.
+"""3×3 convolutions by Winograd's minimal filtering F(4×4, 3×3), for the CPU fast path's fp32 trunks.
 
 A 3×3, stride-1 convolution computes each 4×4 output tile from a 6×6 input tile. Winograd's
 algorithm (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016) writes
