@@ -10,10 +10,11 @@ import remn
 from remn import reference
 from remn.data.synthetic import make_clip
 from remn.inference import Segmenter, resolve_inference_config
-from remn.inference import fast_path
+from remn.inference import fast_path, winograd
 from remn.inference.fast_path import (
     FastPathSettings, FastREMN, FusedConv, cpu_has_native_bf16, fold_batchnorm, inference_model, prepare_fast_model,
 )
+from remn.inference.winograd import WinogradConv2d
 
 HEIGHT, WIDTH = 56, 72  # a padded band on both axes (not multiples of 16)
 ALL_OFF = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, fuse_pointwise=False,
@@ -273,12 +274,15 @@ def test_compile_mode_is_checked():
         prepare_fast_model(remn.build_model(config="tiny", device="cpu").eval()).compile_trunks("reduce_overhead")
 
 
-def test_without_its_own_bf16_the_fast_path_keeps_an_outer_autocasts_dtypes(models):
+@pytest.mark.parametrize("winograd_widths", [128, 1])  # 1: every 3×3 convolution of the tiny model by Winograd
+def test_without_its_own_bf16_the_fast_path_keeps_an_outer_autocasts_dtypes(models, monkeypatch, winograd_widths):
     """bf16="none" (what the fast path takes off the CPU, where the Segmenter's own autocast
     applies the precision): features, values and logits keep the dtypes that autocast gives
     the plain model; no fp32 copies double what memory holds and reads."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", winograd_widths)
     model = models["tiny"]
     fast = prepare_fast_model(model, FastPathSettings(bf16="none"))
+    assert any(isinstance(m, WinogradConv2d) for m in fast.modules()) == (winograd_widths == 1)
     image, probs = torch.rand(1, 3, HEIGHT, WIDTH), torch.rand(1, 2, HEIGHT, WIDTH)
     dtypes = []
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -68,6 +68,16 @@ def test_winograd_at_the_decoders_width_errs_near_the_direct_convolution():
     assert error <= 20 * direct_error and error <= WINOGRAD_RTOL * exact.abs().max().item()
 
 
+def test_under_an_autocast_winograd_runs_the_direct_convolution():
+    """As the Conv2d it replaces: autocast's bf16 convolution, the add and ReLU after it."""
+    conv, x = conv_and_input(1, 8, 8, 9, 11)
+    add = torch.randn(1, 8, 9, 11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = F.relu(conv(x) + add)
+        got = WinogradConv2d(conv)(x, add=add, relu=True)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+
+
 def test_winograd_refuses_what_it_does_not_compute():
     for conv in (torch.nn.Conv2d(4, 4, 3, stride=2, padding=1), torch.nn.Conv2d(4, 4, 1),
                  torch.nn.Conv2d(4, 4, 3, padding=1, groups=2), torch.nn.Conv2d(4, 4, 3, padding=2, dilation=2),

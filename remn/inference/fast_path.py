@@ -48,8 +48,8 @@ each a field of `FastPathSettings`:
   the kernel. A step allocates the same large activations every frame; by glibc's default
   each block over 32 MiB is a fresh mmap whose pages the kernel zero-fills on first touch
   (at 480p on this 2-core machine keeping them took the then default path to 0.95× at 2
-  objects and 0.83× at 4: bench/results/cpu-fast-path-allocator-2026-12-02.json). Process-wide, like the thread count, and set when a fast model
-  is prepared on the CPU; the heap then keeps its high-water mark until the process exits
+  objects and 0.83× at 4: bench/results/cpu-fast-path-allocator-2026-12-02.json).
+  Process-wide, like the thread count, and set when a fast model is prepared on the CPU; the heap then keeps its high-water mark until the process exits
   (`keep_freed_memory`).
 
 - `compile_mode`: `torch.compile` (Inductor, fixed shapes, whole graphs) of the trunks, the
@@ -186,9 +186,10 @@ class FusedConv(nn.Module):
     x [N, Cin, H, W], add [N, Cout, H', W'] → [N, Cout, H', W'], channels-last: oneDNN
     fuses the add only into a channels-last output (in NCHW torch falls back to the separate
     ops, which have no bf16 add-relu), so inputs in another layout are made channels-last
-    first (the fast path already hands them so). It computes in the dtype a Conv2d would: the CPU autocast's where one is on (autocast does
-    not see this op, so the casts are made here; weights `store_bf16_weights` holds in
-    bf16 are taken as they are), else the weights'. In fp32 it matches conv, + and relu
+    first (the fast path already hands them so). It computes in the dtype a Conv2d would:
+    the CPU autocast's where one is on (autocast does not see this op, so the casts are made
+    here; weights `store_bf16_weights` holds in bf16 are taken as they are), else the
+    weights'. In fp32 it matches conv, + and relu
     run apart to rounding; in bf16 conv(x) + add is rounded once, not twice.
     """
 

@@ -57,10 +57,11 @@ def winograd_pays(conv: nn.Module) -> bool:
 
 class WinogradConv2d(nn.Module):
     """`conv` (see `winograd_applies`) computed by F(4×4, 3×3), in bands of tile rows; it
-    holds the transformed filters U [36, Cin, Cout] (4× the weight) instead of the weight.
+    holds the transformed filters U [36, Cin, Cout] (4× the weight) beside the weight.
 
-    x [N, Cin, H, W] (any memory format), add [N, Cout, H, W] → relu?(conv(x) + add?)
-    [N, Cout, H, W], channels-last, fp32.
+    x [N, Cin, H, W] fp32 (any memory format), add [N, Cout, H, W] → relu?(conv(x) + add?)
+    [N, Cout, H, W], channels-last, fp32. Under an autocast of x's device the direct
+    convolution runs instead, as the Conv2d would under it (autocast's dtypes).
     """
 
     def __init__(self, conv: nn.Conv2d):
@@ -77,9 +78,14 @@ class WinogradConv2d(nn.Module):
         self.register_buffer("input_transform", torch.kron(b_t, b_t).float())  # Bᵀ ⊗ Bᵀ: [36, 36]
         self.register_buffer("output_transform", torch.kron(a_t, a_t).float())  # Aᵀ ⊗ Aᵀ: [16, 36]
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().clone())  # [Cout]
+        self.weight = conv.weight  # for the direct convolution under an autocast
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            out = F.conv2d(x, self.weight, self.bias, padding=1)
+            out = out if add is None else out + add
+            return F.relu(out) if relu else out
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.float32:
             raise ValueError(f"WinogradConv2d needs fp32 [N, {self.in_channels}, H, W], got {x.dtype} {tuple(x.shape)}")
         batch, _, height, width = x.shape
