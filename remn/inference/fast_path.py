@@ -49,8 +49,8 @@ each a field of `FastPathSettings`:
   each block over 32 MiB is a fresh mmap whose pages the kernel zero-fills on first touch
   (at 480p on this 2-core machine keeping them took the then default path to 0.95× at 2
   objects and 0.83× at 4: bench/results/cpu-fast-path-allocator-2026-12-02.json).
-  Process-wide, like the thread count, and set when a fast model is prepared on the CPU; the heap then keeps its high-water mark until the process exits
-  (`keep_freed_memory`).
+  Process-wide, like the thread count, and set when a fast model is prepared on the CPU;
+  the heap then keeps its high-water mark until the process exits (`keep_freed_memory`).
 
 - `compile_mode`: `torch.compile` (Inductor, fixed shapes, whole graphs) of the trunks, the
   network parts of a step whose shapes stay fixed; "reduce-overhead" replays them as CUDA

@@ -95,7 +95,7 @@ class WinogradConv2d(nn.Module):
         tile_rows, tile_cols = -(-height // OUTPUT_TILE), -(-width // OUTPUT_TILE)
         image = x.permute(0, 2, 3, 1)  # [N, H, W, Cin] (a view when x is channels-last)
         padded = torch.empty(batch, OUTPUT_TILE * tile_rows, OUTPUT_TILE * tile_cols, self.out_channels,
-                             device=x.device)  # [N, 4·tiles, 4·tiles, Cout]: the output, whole tiles
+                             dtype=x.dtype, device=x.device)  # [N, 4·tiles, 4·tiles, Cout]: the output, whole tiles
         added = None if add is None else add.permute(0, 2, 3, 1)  # [N, H, W, Cout]
         band = max(1, BAND_BYTES // (4 * POSITIONS * batch * tile_cols * self.in_channels))  # tile rows per band
         for first in range(0, tile_rows, band):
@@ -110,14 +110,16 @@ class WinogradConv2d(nn.Module):
         return out.contiguous(memory_format=torch.channels_last)  # a copy only where H or W is not a multiple of 4
 
     def _band(self, image: torch.Tensor, first: int, rows: int, tile_cols: int, target: torch.Tensor) -> None:
-        """Tile rows [first, first + rows) of image [N, H, W, Cin] → target [N, 4·rows, 4·tile_cols, Cout] (+ bias)."""
+        """Tile rows [first, first + rows) of image [N, H, W, Cin] → target [N, 4·rows, 4·tile_cols, Cout],
+        bias included."""
         batch, height, width, channels = image.shape
         top = OUTPUT_TILE * first - 1  # the band's first input row, in image rows (−1: the zero padding)
         bottom = top + OUTPUT_TILE * rows + 2  # one past its last
         piece = image[:, max(top, 0):min(bottom, height)]  # [N, ≤ 4·rows + 2, W, Cin]
         piece = F.pad(piece, (0, 0, 1, OUTPUT_TILE * tile_cols + 1 - width,
                               max(-top, 0), max(bottom - height, 0)))  # [N, 4·rows + 2, 4·tile_cols + 2, Cin]
-        tiles = piece.new_empty(INPUT_TILE, INPUT_TILE, batch, rows, tile_cols, channels)  # d: [6, 6, N, rows, cols, Cin]
+        # d: [6, 6, N, rows, cols, Cin], the band's input tiles by position
+        tiles = piece.new_empty(INPUT_TILE, INPUT_TILE, batch, rows, tile_cols, channels)
         for u in range(INPUT_TILE):
             for v in range(INPUT_TILE):
                 tiles[u, v] = piece[:, u:u + OUTPUT_TILE * rows:OUTPUT_TILE, v:v + OUTPUT_TILE * tile_cols:OUTPUT_TILE]
