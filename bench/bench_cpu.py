@@ -42,8 +42,8 @@ with eager fp32's of the first:
      without Winograd: what each adds on top of the rest.
 The phases do not interleave, so the machine should be idle; where its speed drifts between
 the phases, `x_phase_eager` (each row against plain eager fp32 of its own phase, stepped
-interleaved with it) is immune to the drift, while `x_eager` across phases is not. The result's `default` names
-the one `Segmenter` runs on this CPU by default (precision "auto",
+interleaved with it) is immune to the drift, while `x_eager` across phases is not. The
+result's `default` names the one `Segmenter` runs on this CPU by default (precision "auto",
 `FastPathSettings().resolved_bf16`): `fast path + bf16 encoders` where the CPU has native
 bf16, else `fast path fp32`.
 """
@@ -217,11 +217,12 @@ def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) ->
             freed_memory_kept = keep_freed_memory()
         for objects, (frames, masks) in clips.items():
             rows += _run_phase(phase, model, inference, frames, masks, objects, rounds, baseline)
+    def time_of(variant, objects):
+        return next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == variant)
+
     for objects in object_counts:
-        def time_of(variant):
-            return next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == variant)
-        base, pre = time_of(BASELINE), time_of(PRE_ISSUE)
-        phase_eager = {GLIBC_DEFAULT: base, KEPT: time_of(REUSE_ALONE)}  # plain eager fp32 in each phase
+        base, pre = time_of(BASELINE, objects), time_of(PRE_ISSUE, objects)
+        phase_eager = {GLIBC_DEFAULT: base, KEPT: time_of(REUSE_ALONE, objects)}  # plain eager fp32 in each phase
         for row in rows:
             if row["objects"] == objects:
                 row["x_eager"] = row["ms_per_frame"] / base
