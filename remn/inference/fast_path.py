@@ -189,8 +189,8 @@ class FusedConv(nn.Module):
     first (the fast path already hands them so). It computes in the dtype a Conv2d would:
     the CPU autocast's where one is on (autocast does not see this op, so the casts are made
     here; weights `store_bf16_weights` holds in bf16 are taken as they are), else the
-    weights'. In fp32 it matches conv, + and relu
-    run apart to rounding; in bf16 conv(x) + add is rounded once, not twice.
+    weights'. In fp32 it matches conv, + and relu run apart to rounding; in bf16
+    conv(x) + add is rounded once, not twice.
     """
 
     def __init__(self, conv: nn.Conv2d):

@@ -77,8 +77,9 @@ class WinogradConv2d(nn.Module):
         b_t, a_t = torch.tensor(_B_T, dtype=torch.float64), torch.tensor(_A_T, dtype=torch.float64)
         self.register_buffer("input_transform", torch.kron(b_t, b_t).float())  # Bᵀ ⊗ Bᵀ: [36, 36]
         self.register_buffer("output_transform", torch.kron(a_t, a_t).float())  # Aᵀ ⊗ Aᵀ: [16, 36]
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().float().clone())  # [Cout]
-        self.weight = conv.weight  # for the direct convolution under an autocast
+        # the conv's own fp32 weight [Cout, Cin, 3, 3] (for the direct convolution under an
+        # autocast) and bias [Cout] or None, not copies
+        self.weight, self.bias = conv.weight, conv.bias
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
