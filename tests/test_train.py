@@ -215,6 +215,23 @@ def test_bootstrapped_cross_entropy():
     assert hard > full
 
 
+def test_prediction_iou():
+    labels = torch.zeros(2, 1, 4, 5, dtype=torch.long)  # [B, T, H, W]
+    labels[0, 0, :2, :2] = 1  # object 1 of clip 0: 4 pixels
+    labels[0, 0, 3, :] = IGNORE_INDEX  # void row: predictions there do not count
+    labels[1, 0, 2:, 3:] = 2  # slot 2 of clip 1, which is padding: left out
+    logits = torch.zeros(2, 1, 3, 4, 5)  # background wins everywhere (ties go to index 0) ...
+    logits[0, 0, 1, :2, 1:3] = 1  # ... except object 1 on 4 pixels, 2 of them its own
+    logits[0, 0, 1, 3, :] = 1  # on the void row
+    logits[1, 0, 2] = 1  # the padding slot everywhere
+    valid = torch.tensor([[True, False], [True, False]])
+    torch.testing.assert_close(losses.prediction_iou(logits, labels, valid), torch.tensor(2 / 6))
+    assert losses.prediction_iou(torch.zeros_like(logits), torch.zeros_like(labels), valid) == 1  # nothing to find
+    collapsed = torch.zeros_like(logits)
+    collapsed[:, :, 0] = 5  # all background
+    assert losses.prediction_iou(collapsed, labels, valid) == 0
+
+
 def test_gate_targets():
     query = torch.randn(2, 8, 3, 4)
     same = torch.stack([query, query, query], dim=2)  # [B, Ck, 3, h, w]: equally useful frames
@@ -259,7 +276,8 @@ def test_objective_gradients_reach_gate_and_local_branch():
     model = REMN(PRESETS["tiny"].model, fused=False).train()
     frames, first, labels, valid = clip_batch()
     loss, parts = ClipObjective(model, LossWeights(ce=1.0, gate=0.1, contrastive=0.1))(frames, first, labels, valid)
-    assert set(parts) == {"ce", "gate", "contrastive"} and torch.isfinite(loss)
+    assert set(parts) == {"ce", "gate", "contrastive", "iou"} and torch.isfinite(loss)
+    assert 0 <= parts["iou"] <= 1
     loss.backward()
     assert model.gate.mlp[2].weight.grad.abs().sum() > 0
     assert model.local_branch.out_proj.weight.grad.abs().sum() > 0
@@ -353,6 +371,24 @@ def test_cli_trains_and_resumes(tmp_path, capsys):
     assert "model.pt" in capsys.readouterr().out
     assert checkpoint(run / "last.pt")["iteration"] == 2
     assert json.loads((run / "train_config.json").read_text())["model"]["name"] == "tiny"
+
+
+def test_suite_recipe_learning_rate_follows_the_model():
+    import argparse
+
+    from remn.train.cli import add_arguments, config_from_args
+    from remn.train.trainer import SUITE_RECIPES, SUITE_RESNET_LR
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def config(*flags):
+        return config_from_args(parser.parse_args(["--synthetic", "hard", "--output", "o", *flags]))
+
+    assert config().lr == config("--config", "small").lr == SUITE_RECIPES["hard"]["lr"]
+    assert config("--config", "remn").lr == config("--config", "stcn").lr == SUITE_RESNET_LR < SUITE_RECIPES["hard"]["lr"]
+    assert config("--config", "remn", "--lr", "1e-3").lr == 1e-3  # a flag given wins
+    assert config("--config", "remn").iterations == SUITE_RECIPES["hard"]["iterations"]
 
 
 # ----------------------------------------------------------------- it learns

@@ -366,7 +366,7 @@ def test_rde_objective_terms_and_weights():
     objective = losses.ClipObjective(model, losses.LossWeights(gate=0.0))
     assert objective.weights.rde_consistency == objective.weights.rde_distillation == 10.0
     total, parts = objective(frames, first, labels, valid, 1.0, perturbed)
-    assert set(parts) == {"ce", "rde_consistency", "rde_distillation"}
+    assert set(parts) == {"ce", "rde_consistency", "rde_distillation", "iou"}
     torch.testing.assert_close(total.detach(), parts["ce"] + 10 * parts["rde_consistency"] + 10 * parts["rde_distillation"])
     assert parts["rde_consistency"] > 0 and parts["rde_distillation"] > 0
     total.backward()
@@ -376,7 +376,7 @@ def test_rde_objective_terms_and_weights():
     model.zero_grad(set_to_none=True)
     static = losses.ClipObjective(model, losses.LossWeights(gate=0.0), rde_embedding_reads=False)
     total, parts = static(frames[:, :3], first, labels[:, :3], valid, 1.0, perturbed)
-    assert set(parts) == {"ce", "rde_consistency"}
+    assert set(parts) == {"ce", "rde_consistency", "iou"}
     total.backward()
     assert all(p.grad is None for p in model.mem_compress.parameters())
 

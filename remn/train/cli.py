@@ -124,13 +124,13 @@ def _synthetic(text: str):
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of the flags given; every other field keeps TrainConfig's default, or
     the suite recipe's with --synthetic SUITE."""
-    from remn.train.trainer import SUITE_RECIPES
+    from remn.train.trainer import suite_recipe
 
     given = {name: value for name, value in vars(args).items() if value is not None}
     for name in TUPLE_FIELDS:
         if name in given:
             given[name] = tuple(given[name])
-    recipe = SUITE_RECIPES.get(given.get("synthetic"), {})  # only a suite name has one
+    recipe = suite_recipe(given.get("synthetic"), given.get("model"))  # only a suite name has one
     return TrainConfig(**{**recipe, **given})
 
 

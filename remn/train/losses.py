@@ -229,6 +229,22 @@ def key_contrastive_loss(
     return per_region[usable].mean()
 
 
+def prediction_iou(logits: torch.Tensor, labels: torch.Tensor, object_valid: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, O+1, H, W] (background first), labels int64 [B, T, H, W] (IGNORE_INDEX
+    = void), object_valid bool [B, O] → scalar: |P ∩ G| / |P ∪ G| summed over every valid
+    object, frame and clip, where P is where the object wins the argmax and G its label,
+    void pixels left out; 1 where no valid object is predicted or labelled anywhere."""
+    predicted = logits.detach().argmax(dim=2)  # [B, T, H, W]
+    known = labels != IGNORE_INDEX  # [B, T, H, W]
+    intersection = union = labels.new_zeros((), dtype=torch.float64)
+    for slot in range(logits.shape[2] - 1):
+        valid = object_valid[:, slot, None, None, None]  # [B, 1, 1, 1]
+        mine, truth = (predicted == slot + 1) & known & valid, (labels == slot + 1) & valid
+        intersection = intersection + (mine & truth).sum()
+        union = union + (mine | truth).sum()
+    return torch.where(union > 0, intersection / union.clamp(min=1), 1.0).float()
+
+
 # ----------------------------------------------------------------- the objective
 @dataclass(frozen=True)
 class LossWeights:
@@ -265,7 +281,7 @@ class ClipObjective(nn.Module):
                 perturbed_first_masks=None):
         """frames [B, T, 3, H, W], first_masks [B, O, H, W], labels int64 [B, T, H, W],
         object_valid bool [B, O], perturbed_first_masks [B, O, H, W] or None (RDE models: what
-        the memory starts from) → (scalar loss, dict of detached scalar terms)."""
+        the memory starts from) → (scalar loss, dict of detached scalar terms and `iou`)."""
         if self.rde:
             output = rde_training_pass(self.model, frames, first_masks, perturbed_first_masks, object_valid,
                                        embedding_reads=self.rde_embedding_reads)
@@ -273,6 +289,7 @@ class ClipObjective(nn.Module):
             output = self.model(frames, first_masks, object_valid)
         with torch.autocast(frames.device.type, enabled=False):  # the losses run in fp32
             total, parts = self._losses(output, output.keys, first_masks, labels, hard_fraction)  # keys [B, T, Ck, h, w]
+        parts["iou"] = prediction_iou(output.logits, labels[:, 1:], object_valid)
         return total, {name: value.detach() for name, value in parts.items()}
 
     def _losses(self, output, keys, first_masks, labels, hard_fraction):
