@@ -514,9 +514,9 @@ SUITE_RESNET_LR = 4e-4
 
 
 def suite_recipe(suite, model=None) -> dict:
-    """The `SUITE_RECIPES` defaults of `remn train --synthetic SUITE --config MODEL` ({} when
-    `suite` is no suite name): the suite's model unless `model` is given, and for a ResNet
-    preset `SUITE_RESNET_LR`."""
+    """The `SUITE_RECIPES` defaults of `remn train --synthetic SUITE [--config MODEL]` ({} when
+    `suite` is no suite name). `model` is the preset given on the command line (None: the
+    suite's own); a ResNet preset takes `SUITE_RESNET_LR`."""
     recipe = dict(SUITE_RECIPES.get(suite, {}))
     if recipe and model in SUITE_RESNET_PRESETS:
         recipe["lr"] = SUITE_RESNET_LR
