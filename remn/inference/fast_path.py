@@ -39,9 +39,10 @@ each a field of `FastPathSettings`:
   "fp32", and for "auto" "encoders" where the processor has native bf16 dot products
   (`cpu_has_native_bf16`: AVX512-BF16 or AMX, as torch reports them; elsewhere oneDNN
   emulates bf16 and it does not pay), else "none". The encoders' outputs feed the memory
-  read and the decoder, and bf16 there flips no more labels than the fp32 routes' own
-  rounding; the decoder's output is the logit itself, and bf16 there flips labels the fp32
-  path decides (README, "Fast on a CPU").
+  read and the decoder; with trained weights bf16 there kept 99.96 % of eager fp32's
+  labels at 2 objects and 98.99 % at 4, nearly all flips on pixels fp32 leaves within 1e-3
+  of a tie. The decoder's output is the logit itself, and bf16 there flips more labels,
+  decided ones too (README, "Fast on a CPU").
 
 - `reuse_freed_memory`: on glibc, freed memory stays in the process's heap for the next
   allocation (`mallopt`: no mmap for large blocks, no trimming) instead of going back to
