@@ -25,19 +25,19 @@ with eager fp32's of the first:
    - `eager fp32`: plain eager fp32 (`fast_path=False`) with the current reference ops:
      the baseline every `x_eager` divides by;
    - one row per compute route alone on top of `eager fp32`: `fold BN`, `share inputs`,
-     `channels-last`, `bf16 encoders`, `bf16 encoders + decoder`
+     `channels-last`, `bf16 key encoder`, `bf16 encoders`, `bf16 encoders + decoder`
      (`remn.inference.fast_path.FastPathSettings`); fused ops need folded BatchNorm and
      channels-last, so they are `fold BN + channels-last + fused ops` beside `fold BN +
      channels-last`; `Winograd` computes the fp32 trunks' wide 3×3 convolutions by
      F(4×4, 3×3);
-   - `fast path fp32, glibc's default allocator`, `fast path + bf16 encoders, …`,
-     `fast path + bf16, …`: every compute route, bf16="none", "encoders", "all", without
-     the allocator route.
+   - `fast path fp32, glibc's default allocator`, `fast path + bf16 key encoder, …`,
+     `fast path + bf16 encoders, …`, `fast path + bf16, …`: every compute route, bf16=
+     "none", "key", "encoders", "all", without the allocator route.
 2. freed memory kept (`keep_freed_memory`, which cannot be undone in a process):
    - `reuse freed memory`: plain eager fp32 again, the allocator route alone;
-   - `fast path fp32`, `fast path + bf16 encoders`, `fast path + bf16`: the fast path as a
-     Segmenter runs it, every route (FastPathSettings(bf16=...), InferenceConfig.precision
-     "bf16" for the last), and `fast path + bf16 encoders, separate ops`, the default
+   - `fast path fp32`, `fast path + bf16 key encoder`, `fast path + bf16 encoders`, `fast
+     path + bf16`: the fast path as a Segmenter runs it, every route
+     (FastPathSettings(bf16=...); InferenceConfig.precision "bf16" gives the last), and `fast path + bf16 encoders, separate ops`, the default
      without fused ops (`fuse_pointwise=False`), and `…, direct convolutions`, the default
      without Winograd: what each adds on top of the rest.
 The phases do not interleave, so the machine should be idle; where its speed drifts between
@@ -87,12 +87,14 @@ ROUTES = {
     "fold BN + channels-last + fused ops": dataclasses.replace(NO_ROUTE, fold_batchnorm=True, channels_last=True,
                                                                fuse_pointwise=True),
     "Winograd": dataclasses.replace(NO_ROUTE, winograd=True),
+    "bf16 key encoder": dataclasses.replace(NO_ROUTE, bf16="key"),
     "bf16 encoders": dataclasses.replace(NO_ROUTE, bf16="encoders"),
     "bf16 encoders + decoder": dataclasses.replace(NO_ROUTE, bf16="all"),
 }
 BASELINE = "eager fp32"
 PRE_ISSUE = "eager fp32, ops before #17"
-FAST_PATH = {"none": "fast path fp32", "encoders": "fast path + bf16 encoders", "all": "fast path + bf16"}
+FAST_PATH = {"none": "fast path fp32", "key": "fast path + bf16 key encoder", "encoders": "fast path + bf16 encoders",
+             "all": "fast path + bf16"}
 GLIBC_DEFAULT, KEPT = "glibc's default allocator", "freed memory kept"
 PHASES = (GLIBC_DEFAULT, KEPT)  # in this order: keeping freed memory cannot be undone in a process
 REUSE_ALONE = "reuse freed memory"  # eager fp32 in the second phase: the allocator route alone
@@ -216,7 +218,7 @@ def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) ->
         if phase == KEPT:
             freed_memory_kept = keep_freed_memory()
         for objects, (frames, masks) in clips.items():
-            rows += _run_phase(phase, model, inference, frames, masks, objects, rounds, baseline)
+            rows += run_phase(phase, variants(phase), model, inference, frames, masks, objects, rounds, baseline)
     def time_of(variant, objects):
         return next(r["ms_per_frame"] for r in rows if r["objects"] == objects and r["variant"] == variant)
 
@@ -237,12 +239,13 @@ def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) ->
     }
 
 
-def _run_phase(phase, model, inference, frames, masks, objects, rounds, baseline) -> list[dict]:
-    """The phase's variants on one clip, interleaved frame by frame; in the first phase
-    eager fp32's labels become `baseline[objects]`, which every row is compared with.
-    frames: [T, H, W, 3] (make_clip's)."""
+def run_phase(phase, fast_paths, model, inference, frames, masks, objects, rounds, baseline) -> list[dict]:
+    """The variants `fast_paths` (name → Segmenter's fast_path) of an allocator phase on one
+    clip, interleaved frame by frame; where `baseline[objects]` is empty the BASELINE
+    variant's labels fill it, and every row is compared with them. frames: [T, H, W, 3]
+    (make_clip's), T = MEMORY_FRAMES + rounds."""
     segmenters, prepare_seconds = {}, {}
-    for name, fast_path in variants(phase).items():
+    for name, fast_path in fast_paths.items():
         started = time.perf_counter()
         segmenters[name] = Segmenter(model, inference, fast_path=fast_path)
         prepare_seconds[name] = time.perf_counter() - started
@@ -263,7 +266,7 @@ def _run_phase(phase, model, inference, frames, masks, objects, rounds, baseline
             labels[name] = result.labels
             if timed:
                 times[name].append(elapsed * 1e3)
-            if name == BASELINE and index > 0:
+            if name == BASELINE and index > len(reference_frames):
                 top_two = result.probs.topk(2, dim=0).values  # [2, H, W]
                 reference_frames.append((result.labels, top_two[0] - top_two[1] > DECIDED_MARGIN))  # [H, W] each
         if index > 0:

@@ -129,3 +129,31 @@ def test_quick_cpu_section_compares_every_route_with_eager_fp32(tmp_path):
                      "fast path fp32"):  # the fp32 math: decided labels kept
             assert rows[name]["labels_identical_decided_pct"] in (None, 100.0), (objects, name)
     assert "== CPU fast path" in done.stdout
+
+
+def test_quick_cpu_labels_compare_every_bf16_choice_on_every_clip(tmp_path):
+    """bench/bench_cpu_labels.py: one row per clip (seed × object count) and variant, each
+    against eager fp32 of its own clip, and a summary that is the rows' mean and minimum."""
+    output = tmp_path / "labels.json"
+    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_cpu_labels.py"), "--quick", "--seeds", "3", "7",
+                           "--objects", "1", "2", "--output", str(output)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    variants = ("eager fp32", "fast path fp32", "fast path + bf16 key encoder", "fast path + bf16 encoders",
+                "fast path + bf16")
+    assert [(row["objects"], row["seed"], row["variant"]) for row in results["rows"]] == [
+        (objects, seed, name) for objects in (1, 2) for seed in (3, 7) for name in variants]
+    for row in results["rows"]:
+        if row["variant"] == "eager fp32":
+            assert row["labels_identical_pct"] == 100 == row["labels_identical_worst_frame_pct"]
+        if row["variant"] == "fast path fp32":  # the fp32 math: decided labels kept
+            assert row["labels_identical_decided_pct"] in (None, 100.0)
+    for entry in results["summary"]:
+        clips = [row["labels_identical_pct"] for row in results["rows"]
+                 if (row["objects"], row["variant"]) == (entry["objects"], entry["variant"])]
+        assert entry["clips"] == 2 and entry["lowest_labels_identical_pct"] == min(clips)
+        assert abs(entry["mean_labels_identical_pct"] - sum(clips) / 2) < 1e-9
+    assert results["environment"]["device"] and results["weights"] == "random"
+    refused = subprocess.run([sys.executable, str(BENCH.parent / "bench_cpu_labels.py"), "--output", str(output)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--weights is needed" in refused.stderr

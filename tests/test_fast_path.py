@@ -78,7 +78,7 @@ def test_each_fp32_route_computes_the_plain_model(models, route, model_name, num
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
-@pytest.mark.parametrize("parts", ["encoders", "all"])
+@pytest.mark.parametrize("parts", ["key", "encoders", "all"])
 def test_bf16_route_errs_no_more_than_torch_autocast(models, parts):
     """bf16 encoders (and decoder): their error against fp32 stays within 2× that of the
     plain model under torch's own bf16 autocast (plus a rounding floor)."""
@@ -91,7 +91,7 @@ def test_bf16_route_errs_no_more_than_torch_autocast(models, parts):
         assert (got - want).abs().max().item() <= 2 * (torch_bf16 - want).abs().max().item() + 1e-2 * scale
 
 
-@pytest.mark.parametrize("settings", [FastPathSettings(bf16="all"),
+@pytest.mark.parametrize("settings", [FastPathSettings(bf16="all"), FastPathSettings(bf16="key"),
                                       FastPathSettings(fold_batchnorm=False, share_inputs=False, bf16="encoders")])
 def test_bf16_weights_stored_once_compute_what_autocasts_casts_compute(models, monkeypatch, settings):
     """store_bf16_weights holds the bf16 trunks' conv and linear weights in bf16 (no cast per
@@ -101,7 +101,9 @@ def test_bf16_weights_stored_once_compute_what_autocasts_casts_compute(models, m
     stored = prepare_fast_model(model, settings)
     monkeypatch.setattr(FastREMN, "store_bf16_weights", lambda self: None)
     cast_per_call = prepare_fast_model(model, settings)
-    parts = ("key_encoder", "key_proj", "key_comp", "value_encoder") + (("decoder",) if settings.bf16 == "all" else ())
+    parts = {"key": ("key_encoder", "key_proj", "key_comp"),
+             "encoders": ("key_encoder", "key_proj", "key_comp", "value_encoder"),
+             "all": ("key_encoder", "key_proj", "key_comp", "value_encoder", "decoder")}[settings.bf16]
     for name, parameter in stored.named_parameters():
         module = stored.get_submodule(name.rpartition(".")[0])
         in_bf16 = name.split(".")[0] in parts and isinstance(module, (torch.nn.Conv2d, FusedConv, torch.nn.Linear))
@@ -128,6 +130,24 @@ def test_bf16_encoders_leave_the_decoder_in_fp32(models):
         torch.testing.assert_close(encoders.decode(features, readout), want, rtol=1e-4,
                                    atol=1e-4 * want.abs().max().item())
         assert (every_part.decode(features, readout) - want).abs().max() > 1e-3 * want.abs().max()
+
+
+def test_bf16_key_encoder_leaves_the_value_encoder_in_fp32(models):
+    """bf16="key" rounds the key encoder's outputs but encodes values in fp32: on the same
+    fp32 key features its values are the plain model's, while bf16="encoders" changes them."""
+    model = models["tiny"]
+    generator = torch.Generator().manual_seed(5)
+    image = torch.rand(1, 3, HEIGHT, WIDTH, generator=generator)
+    masks = (torch.rand(1, 2, HEIGHT, WIDTH, generator=generator) > 0.5).float()  # [1, O, H, W]
+    key_only, encoders = (prepare_fast_model(model, FastPathSettings(bf16=parts)) for parts in ("key", "encoders"))
+    with torch.inference_mode():
+        features = model.encode_key(image)
+        want = model.encode_value(features, masks)
+        bf16_key = key_only.encode_key(image).key
+        assert (bf16_key - features.key).abs().max() > 1e-4 * features.key.abs().max()
+        torch.testing.assert_close(key_only.encode_value(features, masks), want, rtol=1e-4,
+                                   atol=1e-4 * want.abs().max().item())
+        assert (encoders.encode_value(features, masks) - want).abs().max() > 1e-3 * want.abs().max()
 
 
 def test_preparing_leaves_the_model_and_the_random_stream_alone(models):

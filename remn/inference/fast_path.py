@@ -32,16 +32,19 @@ each a field of `FastPathSettings`:
   convolution's time on the decoder's shapes at 480p. Its rounding differs more than the
   other fp32 routes' (about 1e-5 of the output's scale against 1e-6), still far below
   bf16's. CPU only, and not with `compile_mode`.
-- `bf16`: which parts run under `torch.autocast("cpu", torch.bfloat16)`: "none",
-  "encoders" (the key and value encoders) or "all" (the encoders and the decoder); the
-  memory read, local attention and gate stay fp32 (the reference ops switch autocast off).
+- `bf16`: which parts run under `torch.autocast("cpu", torch.bfloat16)`: "none", "key"
+  (the key encoder), "encoders" (the key and value encoders) or "all" (the encoders and the
+  decoder); the memory read, local attention and gate stay fp32 (the reference ops switch
+  autocast off).
   None (the default) follows `InferenceConfig.precision`: "all" for "bf16", "none" for
   "fp32", and for "auto" "encoders" where the processor has native bf16 dot products
   (`cpu_has_native_bf16`: AVX512-BF16 or AMX, as torch reports them; elsewhere oneDNN
   emulates bf16 and it does not pay), else "none". The encoders' outputs feed the memory
   read and the decoder; with trained weights bf16 there kept 99.96 % of eager fp32's
   labels at 2 objects and 98.99 % at 4, nearly all flips on pixels fp32 leaves within 1e-3
-  of a tie. The decoder's output is the logit itself, and bf16 there flips more labels,
+  of a tie. The value encoder, run once per object, makes most of those flips: "key"
+  leaves it fp32 (with Winograd) and flips about half as many labels at 4 objects, at more
+  time. The decoder's output is the logit itself, and bf16 there flips more labels,
   decided ones too (README, "Fast on a CPU").
 
 - `reuse_freed_memory`: on glibc, freed memory stays in the process's heap for the next
@@ -87,9 +90,13 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-BF16_PARTS = ("none", "encoders", "all")  # what FastPathSettings.bf16 puts in bf16
-TRUNK_MODULES = {  # part (as FastREMN._in_bf16 names it) → the REMN modules its trunks run
-    "encoders": ("key_encoder", "key_proj", "key_comp", "value_encoder"),
+BF16_TRUNKS = {  # FastPathSettings.bf16 → the trunks (as FastREMN._in_bf16 names them) it runs in bf16
+    "none": (), "key": ("key",), "encoders": ("key", "value"), "all": ("key", "value", "decoder"),
+}
+BF16_PARTS = tuple(BF16_TRUNKS)  # what FastPathSettings.bf16 may say
+TRUNK_MODULES = {  # trunk → the REMN modules it runs
+    "key": ("key_encoder", "key_proj", "key_comp"),
+    "value": ("value_encoder",),
     "decoder": ("decoder",),
 }
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -122,7 +129,7 @@ class FastPathSettings:
                              f"got {self.compile_mode!r}")
 
     def resolved_bf16(self, precision: str = "fp32") -> str:
-        """The parts in bf16 ("none", "encoders", "all") for a config's `precision` (`remn.precision`)."""
+        """The parts in bf16 (one of BF16_PARTS) for a config's `precision` (`remn.precision`)."""
         check_precision(precision, "precision")
         if self.bf16 is not None:
             return self.bf16
@@ -365,9 +372,9 @@ class FastREMN(REMN):
 
     It replaces the trunks (`REMN._key_trunk`, `_value_trunk`, `_decode_trunk`: the network
     parts of encode_key, encode_value and decode). `bf16` (one of BF16_PARTS) names the
-    trunks that run under bf16 autocast: "encoders" (key and value) or "all" (the decoder
-    too); their outputs are handed on in fp32, so memory, local attention, the gate and the
-    read are fp32 as in the plain model. With `split_shared_inputs()` applied, the value and
+    trunks that run under bf16 autocast (BF16_TRUNKS): "key", "encoders" (key and value) or
+    "all" (the decoder too); their outputs are handed on in fp32, so memory, local
+    attention, the gate and the read are fp32 as in the plain model. With `split_shared_inputs()` applied, the value and
     decode trunks compute each frame's shared inputs once for all its objects; with
     `compute_by_winograd()` the fp32 trunks' wide 3×3 convolutions are WinogradConv2d. With
     `compile_trunks(mode)` each trunk is a `torch.compile` of itself.
@@ -381,14 +388,14 @@ class FastREMN(REMN):
         self.shares_inputs = False
         self.compile_mode = None
 
-    def _in_bf16(self, part: str) -> bool:
-        """Whether `part` ("encoders" or "decoder") runs under bf16 autocast."""
-        return self.bf16 == "all" or (self.bf16 == "encoders" and part == "encoders")
+    def _in_bf16(self, trunk: str) -> bool:
+        """Whether `trunk` ("key", "value" or "decoder") runs under bf16 autocast."""
+        return trunk in BF16_TRUNKS[self.bf16]
 
-    def _run_trunk(self, part: str, trunk, *args):
+    def _run_trunk(self, name: str, trunk, *args):
         """trunk(*args), under the CPU's bf16 autocast with its outputs handed back in fp32
-        when `bf16` includes `part`; else as it is (on CUDA the Segmenter's autocast applies)."""
-        if not self._in_bf16(part):
+        when `bf16` includes the trunk `name`; else as it is (on CUDA the Segmenter's autocast applies)."""
+        if not self._in_bf16(name):
             return trunk(*args)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outputs = trunk(*args)
@@ -400,8 +407,8 @@ class FastREMN(REMN):
         cache: the weights need no gradient), one copy of every weight per step; a weight
         already in bf16 it takes as it is, so the outputs are the same to the bit. Other
         parameters (BatchNorm's, when not folded) stay fp32, as autocast leaves them."""
-        for part, names in TRUNK_MODULES.items():
-            if not self._in_bf16(part):
+        for trunk, names in TRUNK_MODULES.items():
+            if not self._in_bf16(trunk):
                 continue
             for name in names:
                 for module in getattr(self, name).modules():
@@ -412,8 +419,8 @@ class FastREMN(REMN):
         """`use_winograd` on the fp32 trunks' modules, a module that is itself such a
         convolution (key_comp) included. The bf16 trunks keep oneDNN's bf16 convolutions:
         here F(4×4, 3×3) is an fp32 algorithm, its transforms would round to bf16."""
-        for part, names in TRUNK_MODULES.items():
-            if self._in_bf16(part):
+        for trunk, names in TRUNK_MODULES.items():
+            if self._in_bf16(trunk):
                 continue
             for name in names:
                 replaced = _winograd_form(getattr(self, name))
@@ -450,12 +457,12 @@ class FastREMN(REMN):
         self.compile_mode = mode
 
     def _key_trunk(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self._run_trunk("encoders", super()._key_trunk, image)
+        return self._run_trunk("key", super()._key_trunk, image)
 
     def _value_trunk(self, image: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """As `REMN._value_trunk`: masks [B, O, Hp, Wp] → values [B·O, Cv, h, w]."""
         trunk = self._split_value_trunk if self.shares_inputs else super()._value_trunk
-        return self._run_trunk("encoders", trunk, image, key_f16, masks)
+        return self._run_trunk("value", trunk, image, key_f16, masks)
 
     def _decode_trunk(self, readout: torch.Tensor, key_comp: torch.Tensor, f8: torch.Tensor,
                       f4: torch.Tensor) -> torch.Tensor:
