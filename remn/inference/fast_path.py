@@ -43,7 +43,7 @@ each a field of `FastPathSettings`:
   read and the decoder; with trained weights bf16 there kept 99.96 % of eager fp32's
   labels at 2 objects and 98.99 % at 4, nearly all flips on pixels fp32 leaves within 1e-3
   of a tie. The value encoder, run once per object, makes most of those flips: "key"
-  leaves it fp32 (with Winograd) and flips about half as many labels at 4 objects, at more
+  leaves it fp32 (with Winograd) and flips half as many labels at 4 objects or fewer, at more
   time. The decoder's output is the logit itself, and bf16 there flips more labels,
   decided ones too (README, "Fast on a CPU").
 
