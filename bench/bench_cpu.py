@@ -37,9 +37,10 @@ with eager fp32's of the first:
    - `reuse freed memory`: plain eager fp32 again, the allocator route alone;
    - `fast path fp32`, `fast path + bf16 key encoder`, `fast path + bf16 encoders`, `fast
      path + bf16`: the fast path as a Segmenter runs it, every route
-     (FastPathSettings(bf16=...); InferenceConfig.precision "bf16" gives the last), and `fast path + bf16 encoders, separate ops`, the default
-     without fused ops (`fuse_pointwise=False`), and `…, direct convolutions`, the default
-     without Winograd: what each adds on top of the rest.
+     (FastPathSettings(bf16=...); InferenceConfig.precision "bf16" gives the last), and
+     `fast path + bf16 encoders, separate ops`, the default without fused ops
+     (`fuse_pointwise=False`), and `…, direct convolutions`, the default without
+     Winograd: what each adds on top of the rest.
 The phases do not interleave, so the machine should be idle; where its speed drifts between
 the phases, `x_phase_eager` (each row against plain eager fp32 of its own phase, stepped
 interleaved with it) is immune to the drift, while `x_eager` across phases is not. The
@@ -75,6 +76,7 @@ from remn.inference.fast_path import FastPathSettings, cpu_has_native_bf16, keep
 from remn.train.trainer import cpu_threads
 
 MEMORY_FRAMES = 5
+CLIP_SEED = 7  # make_clip's seed of the clip every variant steps
 DECIDED_MARGIN = 1e-3  # a pixel eager fp32 decides: top probability − runner-up > this
 NO_ROUTE = FastPathSettings(fold_batchnorm=False, share_inputs=False, channels_last=False, fuse_pointwise=False,
                             winograd=False, bf16="none", reuse_freed_memory=False)
@@ -210,7 +212,7 @@ def _run(quick: bool, repeats: int | None, threads: int, weights: str | None) ->
     torch.manual_seed(0)
     model = remn.build_model(config=preset, weights=weights, device="cpu")
     inference = resolve_inference_config(preset, size=None, update="every", mem_every=1, capacity=MEMORY_FRAMES)
-    clips = {objects: make_clip(seed=7, num_frames=MEMORY_FRAMES + rounds, height=height, width=width,
+    clips = {objects: make_clip(seed=CLIP_SEED, num_frames=MEMORY_FRAMES + rounds, height=height, width=width,
                                 num_objects=objects) for objects in object_counts}
     baseline = {}  # objects → eager fp32's (labels, decided) per frame after the first, from the first phase
     rows = []

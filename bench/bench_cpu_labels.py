@@ -1,12 +1,12 @@
 """The CPU fast path's labels on several clips: what each bf16 choice keeps of eager fp32's.
 
     python bench/bench_cpu_labels.py --weights FILE --output bench/results/FILE.json \
-        [--seeds 1 2 3 7] [--objects 1 2 4] [--threads 2]
+        [--seeds 1 2 3 7] [--objects 1 2 4] [--threads 2]   # 7: bench_cpu's clip
     python bench/bench_cpu_labels.py --quick --output FILE.json   # bench_cpu's --quick setting, random weights
 
 bench_cpu (`bench/run.py --sections cpu`) times every route on one synthetic clip (seed
-7), and how many labels a bf16 route flips varies from clip to clip. This runs
-bench_cpu's setting (the `remn` preset at 864×480, T = 5 memory frames, top-20, local
+bench_cpu.CLIP_SEED, 7), and how many labels a bf16 route flips varies from clip to clip.
+This runs bench_cpu's setting (the `remn` preset at 864×480, T = 5 memory frames, top-20, local
 attention, 5 + 3 frames per clip) with trained weights (`weights`: random weights tie the
 objects' logits on many pixels, so any rounding flips labels) on one `make_clip` per seed
 and object count, and compares with plain eager fp32 (bench_cpu's `eager fp32`) the fast
@@ -14,8 +14,9 @@ path with FastPathSettings(bf16=...) "none", "key", "encoders" and "all", steppe
 interleaved by `bench_cpu.run_phase`. Its rows are bench_cpu's, one per clip and variant:
 labels identical over all pixels, on the worst frame and on the pixels eager fp32 decides
 (top probability ahead of the runner-up by more than bench_cpu.DECIDED_MARGIN). `summary`
-gives per object count and variant the mean over the clips and the lowest clip. Seed 7
-with 5 + 3 frames is bench_cpu's clip, so its rows repeat bench_cpu's label figures.
+gives per object count and variant the mean over the clips and the lowest clip. Seed
+CLIP_SEED with 5 + 3 frames is bench_cpu's clip, so its rows repeat bench_cpu's label
+figures.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 import remn
-from bench_cpu import BASELINE, FAST_PATH, KEPT, MEMORY_FRAMES, run_phase, settings
+from bench_cpu import BASELINE, CLIP_SEED, FAST_PATH, KEPT, MEMORY_FRAMES, run_phase, settings
 from common import environment
 from remn.data.atomic import atomic_path
 from remn.data.synthetic import make_clip
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", help="a trained checkpoint of the remn preset (needed but for --quick)")
     parser.add_argument("--quick", action="store_true", help="bench_cpu's --quick setting: the tiny preset at 96×64")
     parser.add_argument("--output", type=Path, required=True, help="the JSON file to write")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 7])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, CLIP_SEED])
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)

@@ -43,8 +43,8 @@ each a field of `FastPathSettings`:
   read and the decoder; with trained weights bf16 there kept 99.96 % of eager fp32's
   labels at 2 objects and 98.99 % at 4, nearly all flips on pixels fp32 leaves within 1e-3
   of a tie. The value encoder, run once per object, makes most of those flips: "key"
-  leaves it fp32 (with Winograd) and flips half as many labels at 4 objects or fewer, at more
-  time. The decoder's output is the logit itself, and bf16 there flips more labels,
+  leaves it fp32 (with Winograd) and at 4 objects flips at most half as many labels, at
+  more time. The decoder's output is the logit itself, and bf16 there flips more labels,
   decided ones too (README, "Fast on a CPU").
 
 - `reuse_freed_memory`: on glibc, freed memory stays in the process's heap for the next
@@ -374,8 +374,9 @@ class FastREMN(REMN):
     parts of encode_key, encode_value and decode). `bf16` (one of BF16_PARTS) names the
     trunks that run under bf16 autocast (BF16_TRUNKS): "key", "encoders" (key and value) or
     "all" (the decoder too); their outputs are handed on in fp32, so memory, local
-    attention, the gate and the read are fp32 as in the plain model. With `split_shared_inputs()` applied, the value and
-    decode trunks compute each frame's shared inputs once for all its objects; with
+    attention, the gate and the read are fp32 as in the plain model. With
+    `split_shared_inputs()` applied, the value and decode trunks compute each frame's
+    shared inputs once for all its objects; with
     `compute_by_winograd()` the fp32 trunks' wide 3×3 convolutions are WinogradConv2d. With
     `compile_trunks(mode)` each trunk is a `torch.compile` of itself.
     """
