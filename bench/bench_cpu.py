@@ -31,22 +31,23 @@ with eager fp32's of the first:
      channels-last`; `Winograd` computes the fp32 trunks' wide 3×3 convolutions by
      F(4×4, 3×3);
    - `fast path fp32, glibc's default allocator`, `fast path + bf16 key encoder, …`,
-     `fast path + bf16 encoders, …`, `fast path + bf16, …`: every compute route, bf16=
-     "none", "key", "encoders", "all", without the allocator route.
+     `fast path + bf16 encoders, …`, `fast path + bf16, …`, `fast path + bf16 by object
+     count, …`: every compute route, bf16= "none", "key", "encoders", "all", "by_objects"
+     (the key encoder, and the value encoder up to 2 objects), without the allocator route.
 2. freed memory kept (`keep_freed_memory`, which cannot be undone in a process):
    - `reuse freed memory`: plain eager fp32 again, the allocator route alone;
    - `fast path fp32`, `fast path + bf16 key encoder`, `fast path + bf16 encoders`, `fast
-     path + bf16`: the fast path as a Segmenter runs it, every route
-     (FastPathSettings(bf16=...); InferenceConfig.precision "bf16" gives the last), and
-     `fast path + bf16 encoders, separate ops`, the default without fused ops
-     (`fuse_pointwise=False`), and `…, direct convolutions`, the default without
-     Winograd: what each adds on top of the rest.
+     path + bf16`, `fast path + bf16 by object count`: the fast path as a Segmenter runs
+     it, every route (FastPathSettings(bf16=...); InferenceConfig.precision "bf16" gives
+     `fast path + bf16`), and `fast path + bf16 by object count, separate ops`, the
+     default without fused ops (`fuse_pointwise=False`), and `…, direct convolutions`, the
+     default without Winograd: what each adds on top of the rest.
 The phases do not interleave, so the machine should be idle; where its speed drifts between
 the phases, `x_phase_eager` (each row against plain eager fp32 of its own phase, stepped
 interleaved with it) is immune to the drift, while `x_eager` across phases is not. The
 result's `default` names the one `Segmenter` runs on this CPU by default (precision "auto",
-`FastPathSettings().resolved_bf16`): `fast path + bf16 encoders` where the CPU has native
-bf16, else `fast path fp32`.
+`FastPathSettings().resolved_bf16`): `fast path + bf16 by object count` where the CPU has
+native bf16, else `fast path fp32`.
 """
 from __future__ import annotations
 
@@ -96,12 +97,13 @@ ROUTES = {
 BASELINE = "eager fp32"
 PRE_ISSUE = "eager fp32, ops before #17"
 FAST_PATH = {"none": "fast path fp32", "key": "fast path + bf16 key encoder", "encoders": "fast path + bf16 encoders",
-             "all": "fast path + bf16"}
+             "all": "fast path + bf16", "by_objects": "fast path + bf16 by object count"}
 GLIBC_DEFAULT, KEPT = "glibc's default allocator", "freed memory kept"
 PHASES = (GLIBC_DEFAULT, KEPT)  # in this order: keeping freed memory cannot be undone in a process
 REUSE_ALONE = "reuse freed memory"  # eager fp32 in the second phase: the allocator route alone
-SEPARATE_OPS = "fast path + bf16 encoders, separate ops"  # the default but for fuse_pointwise
-DIRECT_CONVOLUTIONS = "fast path + bf16 encoders, direct convolutions"  # the default but for winograd
+DEFAULT_BF16 = "by_objects"  # precision "auto" where the CPU has native bf16
+SEPARATE_OPS = f"{FAST_PATH[DEFAULT_BF16]}, separate ops"  # the default but for fuse_pointwise
+DIRECT_CONVOLUTIONS = f"{FAST_PATH[DEFAULT_BF16]}, direct convolutions"  # the default but for winograd
 
 
 def dense_memory_read(query_key, memory_key, memory_value, key_bias=None, *, scale=None, top_k=None):
@@ -170,8 +172,8 @@ def variants(phase: str) -> dict[str, FastPathSettings | bool]:
         return rows
     rows = {REUSE_ALONE: False}  # plain eager fp32, in a process that keeps freed memory
     rows.update({name: FastPathSettings(bf16=parts) for parts, name in FAST_PATH.items()})
-    rows[SEPARATE_OPS] = FastPathSettings(bf16="encoders", fuse_pointwise=False)
-    rows[DIRECT_CONVOLUTIONS] = FastPathSettings(bf16="encoders", winograd=False)
+    rows[SEPARATE_OPS] = FastPathSettings(bf16=DEFAULT_BF16, fuse_pointwise=False)
+    rows[DIRECT_CONVOLUTIONS] = FastPathSettings(bf16=DEFAULT_BF16, winograd=False)
     return rows
 
 

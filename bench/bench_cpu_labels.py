@@ -10,7 +10,7 @@ This runs bench_cpu's setting (the `remn` preset at 864×480, T = 5 memory frame
 attention, 5 + 3 frames per clip) with trained weights (`weights`: random weights tie the
 objects' logits on many pixels, so any rounding flips labels) on one `make_clip` per seed
 and object count, and compares with plain eager fp32 (bench_cpu's `eager fp32`) the fast
-path with FastPathSettings(bf16=...) "none", "key", "encoders" and "all", stepped
+path with every FastPathSettings(bf16=...) choice (bench_cpu.FAST_PATH), stepped
 interleaved by `bench_cpu.run_phase`. Its rows are bench_cpu's, one per clip and variant:
 labels identical over all pixels, on the worst frame and on the pixels eager fp32 decides
 (top probability ahead of the runner-up by more than bench_cpu.DECIDED_MARGIN). `summary`

@@ -4,8 +4,8 @@
     "bf16"  torch.autocast to bfloat16
     "fp16"  torch.autocast to float16 (CUDA only)
     "auto"  bf16 on CUDA where the device supports it, else fp16; fp32 on the CPU (where
-            the CPU has native bf16, inference's fast path runs its encoders in bf16:
-            remn.inference.fast_path)
+            the CPU has native bf16, inference's fast path runs its key encoder in bf16, and
+            its value encoder with at most 2 objects: remn.inference.fast_path)
 """
 from __future__ import annotations
 

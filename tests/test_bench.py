@@ -112,8 +112,8 @@ def test_quick_cpu_section_compares_every_route_with_eager_fp32(tmp_path):
     variants = {row["variant"] for row in cpu["rows"]}
     assert cpu["default"] in variants and {"eager fp32", "fast path fp32", "fast path + bf16"} <= variants
     assert {"reuse freed memory", "fast path fp32, glibc's default allocator", "fold BN + channels-last + fused ops",
-            "fast path + bf16 encoders, separate ops", "Winograd",
-            "fast path + bf16 encoders, direct convolutions"} <= variants
+            "fast path + bf16 by object count, separate ops", "Winograd",
+            "fast path + bf16 by object count, direct convolutions", "fast path + bf16 by object count"} <= variants
     allocators = {row["variant"]: row["allocator"] for row in cpu["rows"]}
     assert allocators["eager fp32"] == "glibc's default allocator" and allocators[cpu["default"]] == "freed memory kept"
     for objects in (1, 2):
@@ -140,7 +140,7 @@ def test_quick_cpu_labels_compare_every_bf16_choice_on_every_clip(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(output.read_text())
     variants = ("eager fp32", "fast path fp32", "fast path + bf16 key encoder", "fast path + bf16 encoders",
-                "fast path + bf16")
+                "fast path + bf16", "fast path + bf16 by object count")
     assert [(row["objects"], row["seed"], row["variant"]) for row in results["rows"]] == [
         (objects, seed, name) for objects in (1, 2) for seed in (3, 7) for name in variants]
     for row in results["rows"]:

@@ -78,7 +78,7 @@ def test_each_fp32_route_computes_the_plain_model(models, route, model_name, num
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
 
 
-@pytest.mark.parametrize("parts", ["key", "encoders", "all"])
+@pytest.mark.parametrize("parts", ["key", "encoders", "all", "by_objects"])
 def test_bf16_route_errs_no_more_than_torch_autocast(models, parts):
     """bf16 encoders (and decoder): their error against fp32 stays within 2× that of the
     plain model under torch's own bf16 autocast (plus a rounding floor)."""
@@ -92,7 +92,8 @@ def test_bf16_route_errs_no_more_than_torch_autocast(models, parts):
 
 
 @pytest.mark.parametrize("settings", [FastPathSettings(bf16="all"), FastPathSettings(bf16="key"),
-                                      FastPathSettings(fold_batchnorm=False, share_inputs=False, bf16="encoders")])
+                                      FastPathSettings(fold_batchnorm=False, share_inputs=False, bf16="encoders"),
+                                      FastPathSettings(bf16="by_objects")])
 def test_bf16_weights_stored_once_compute_what_autocasts_casts_compute(models, monkeypatch, settings):
     """store_bf16_weights holds the bf16 trunks' conv and linear weights in bf16 (no cast per
     call) and leaves every other parameter fp32; the outputs are those of autocast casting
@@ -103,7 +104,8 @@ def test_bf16_weights_stored_once_compute_what_autocasts_casts_compute(models, m
     cast_per_call = prepare_fast_model(model, settings)
     parts = {"key": ("key_encoder", "key_proj", "key_comp"),
              "encoders": ("key_encoder", "key_proj", "key_comp", "value_encoder"),
-             "all": ("key_encoder", "key_proj", "key_comp", "value_encoder", "decoder")}[settings.bf16]
+             "all": ("key_encoder", "key_proj", "key_comp", "value_encoder", "decoder"),
+             "by_objects": ("key_encoder", "key_proj", "key_comp", "value_encoder")}[settings.bf16]
     for name, parameter in stored.named_parameters():
         module = stored.get_submodule(name.rpartition(".")[0])
         in_bf16 = name.split(".")[0] in parts and isinstance(module, (torch.nn.Conv2d, FusedConv, torch.nn.Linear))
@@ -150,6 +152,21 @@ def test_bf16_key_encoder_leaves_the_value_encoder_in_fp32(models):
         assert (encoders.encode_value(features, masks) - want).abs().max() > 1e-3 * want.abs().max()
 
 
+@pytest.mark.parametrize("share_inputs", [True, False])
+def test_bf16_by_objects_encodes_values_in_bf16_up_to_two_objects_and_in_fp32_beyond(models, share_inputs):
+    """bf16="by_objects" steps as "encoders" with at most BF16_VALUES_MAX_OBJECTS objects and
+    as "key" with more (its value encoder's fp32 copy), to the bit; the two differ."""
+    model = models["tiny"]
+    by_objects, encoders, key_only = (prepare_fast_model(model, FastPathSettings(bf16=parts, share_inputs=share_inputs))
+                                      for parts in ("by_objects", "encoders", "key"))
+    assert by_objects.fp32_value_encoder is not None and encoders.fp32_value_encoder is None
+    for num_objects in range(1, fast_path.BF16_VALUES_MAX_OBJECTS + 3):
+        same, other = (encoders, key_only) if num_objects <= fast_path.BF16_VALUES_MAX_OBJECTS else (key_only, encoders)
+        got, want, not_want = (one_step(network, num_objects) for network in (by_objects, same, other))
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), num_objects
+        assert not torch.equal(got[1], not_want[1]), num_objects  # the values tell the two apart
+
+
 def test_preparing_leaves_the_model_and_the_random_stream_alone(models):
     model = models["tiny"]
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
@@ -182,6 +199,8 @@ def test_bad_input_is_refused(models):
         inference_model(model, "on")
     with pytest.raises(ValueError, match="precision must be one of"):
         FastPathSettings().resolved_bf16("int8")
+    with pytest.raises(ValueError, match='keep_fp32_values is for bf16 "by_objects"'):
+        prepare_fast_model(model, FastPathSettings(bf16="encoders")).keep_fp32_values()
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -189,7 +208,7 @@ def test_bf16_follows_the_precision_unless_set(monkeypatch, native):
     monkeypatch.setattr(fast_path, "cpu_has_native_bf16", lambda: native)
     assert FastPathSettings().resolved_bf16("bf16") == "all"
     assert FastPathSettings().resolved_bf16("fp32") == "none"
-    assert FastPathSettings().resolved_bf16("auto") == ("encoders" if native else "none")
+    assert FastPathSettings().resolved_bf16("auto") == ("by_objects" if native else "none")
     assert FastPathSettings(bf16="all").resolved_bf16("fp32") == "all"
     assert FastPathSettings(bf16="none").resolved_bf16("auto") == "none"
 
@@ -206,7 +225,7 @@ def test_segmenter_runs_the_fast_path_on_cpu_by_default_with_the_same_labels(mod
     default, plain = Segmenter(model, config), Segmenter(model, config, fast_path=False)
     assert isinstance(default.model, FastREMN) and default.model.bf16 == "none"
     assert plain.model is model
-    for precision, parts in (("bf16", "all"), ("auto", "encoders" if cpu_has_native_bf16() else "none")):
+    for precision, parts in (("bf16", "all"), ("auto", "by_objects" if cpu_has_native_bf16() else "none")):
         assert Segmenter(model, resolve_inference_config(config, precision=precision)).model.bf16 == parts
     for index, frame in enumerate(frames):
         mask = masks[0] if index == 0 else None

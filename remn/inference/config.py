@@ -48,7 +48,8 @@ class InferenceConfig:
     local_attention: bool = True  # pass the previous frame and its probabilities to the model
     size: int | None = 480  # shorter side the frames are resized to (None: keep the input size)
     # remn.precision. "auto" (default): bf16 autocast on CUDA (fp16 without bf16); on the CPU fp32,
-    # with the fast path's encoders in bf16 where the CPU has native bf16; "bf16" on the CPU runs
+    # with the fast path's key encoder in bf16 where the CPU has native bf16 and its value encoder
+    # too in steps with at most 2 objects (FastPathSettings.bf16 "by_objects"); "bf16" on the CPU runs
     # the fast path's encoders and decoder in bf16; "fp16" is CUDA only.
     precision: str = "auto"
 

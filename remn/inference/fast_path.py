@@ -33,19 +33,21 @@ each a field of `FastPathSettings`:
   other fp32 routes' (about 1e-5 of the output's scale against 1e-6), still far below
   bf16's. CPU only, and not with `compile_mode`.
 - `bf16`: which parts run under `torch.autocast("cpu", torch.bfloat16)`: "none", "key"
-  (the key encoder), "encoders" (the key and value encoders) or "all" (the encoders and the
-  decoder); the memory read, local attention and gate stay fp32 (the reference ops switch
+  (the key encoder), "encoders" (the key and value encoders), "all" (the encoders and the
+  decoder) or "by_objects" (the key encoder, and the value encoder in steps with at most
+  BF16_VALUES_MAX_OBJECTS = 2 objects: a step with more runs an fp32 copy of it, with
+  Winograd); the memory read, local attention and gate stay fp32 (the reference ops switch
   autocast off).
   None (the default) follows `InferenceConfig.precision`: "all" for "bf16", "none" for
-  "fp32", and for "auto" "encoders" where the processor has native bf16 dot products
+  "fp32", and for "auto" "by_objects" where the processor has native bf16 dot products
   (`cpu_has_native_bf16`: AVX512-BF16 or AMX, as torch reports them; elsewhere oneDNN
   emulates bf16 and it does not pay), else "none". The encoders' outputs feed the memory
-  read and the decoder; with trained weights bf16 there kept 99.96 % of eager fp32's
-  labels at 2 objects and 98.99 % at 4, nearly all flips on pixels fp32 leaves within 1e-3
-  of a tie. The value encoder, run once per object, makes most of those flips: "key"
-  leaves it fp32 (with Winograd) and at 4 objects flips at most half as many labels, at
-  more time. The decoder's output is the logit itself, and bf16 there flips more labels,
-  decided ones too (README, "Fast on a CPU").
+  read and the decoder; with trained weights bf16 there kept 99.89-99.96 % of eager fp32's
+  labels at 2 objects but 98.99-99.80 % at 4, nearly all flips on pixels fp32 leaves within
+  1e-3 of a tie. The value encoder, run once per object, makes most of those flips: with
+  it in fp32 ("key") 99.69-99.91 % stayed at 4 objects, at more time; hence "by_objects".
+  The decoder's output is the logit itself, and bf16 there flips more labels, decided ones
+  too (README, "Fast on a CPU").
 
 - `reuse_freed_memory`: on glibc, freed memory stays in the process's heap for the next
   allocation (`mallopt`: no mmap for large blocks, no trimming) instead of going back to
@@ -66,6 +68,7 @@ What pays and by how much is measured by `bench/bench_cpu.py` (`python bench/run
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import functools
 from dataclasses import dataclass
@@ -92,11 +95,17 @@ def cpu_has_native_bf16() -> bool:
 
 BF16_TRUNKS = {  # FastPathSettings.bf16 → the trunks (as FastREMN._in_bf16 names them) it runs in bf16
     "none": (), "key": ("key",), "encoders": ("key", "value"), "all": ("key", "value", "decoder"),
+    "by_objects": ("key", "value"),  # "value" only in steps with at most BF16_VALUES_MAX_OBJECTS objects
 }
 BF16_PARTS = tuple(BF16_TRUNKS)  # what FastPathSettings.bf16 may say
-TRUNK_MODULES = {  # trunk → the REMN modules it runs
+# "by_objects": the most objects a step may have for its values to be encoded in bf16; a step
+# with more runs the value encoder's fp32 copy ("fp32_value"). With trained weights bf16 values
+# kept 99.89-99.96 % of eager fp32's labels at 2 objects and 98.99-99.80 % at 4 (README).
+BF16_VALUES_MAX_OBJECTS = 2
+TRUNK_MODULES = {  # trunk → the FastREMN modules it runs
     "key": ("key_encoder", "key_proj", "key_comp"),
     "value": ("value_encoder",),
+    "fp32_value": ("fp32_value_encoder",),  # bf16 "by_objects" only: the value encoder's fp32 copy
     "decoder": ("decoder",),
 }
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -135,7 +144,7 @@ class FastPathSettings:
             return self.bf16
         if precision == "bf16":
             return "all"
-        return "encoders" if precision == "auto" and cpu_has_native_bf16() else "none"
+        return "by_objects" if precision == "auto" and cpu_has_native_bf16() else "none"
 
 
 # glibc's mallopt parameters (malloc.h)
@@ -372,9 +381,11 @@ class FastREMN(REMN):
 
     It replaces the trunks (`REMN._key_trunk`, `_value_trunk`, `_decode_trunk`: the network
     parts of encode_key, encode_value and decode). `bf16` (one of BF16_PARTS) names the
-    trunks that run under bf16 autocast (BF16_TRUNKS): "key", "encoders" (key and value) or
-    "all" (the decoder too); their outputs are handed on in fp32, so memory, local
-    attention, the gate and the read are fp32 as in the plain model. With
+    trunks that run under bf16 autocast (BF16_TRUNKS): "key", "encoders" (key and value),
+    "all" (the decoder too) or "by_objects" (key, and value up to BF16_VALUES_MAX_OBJECTS
+    objects: `keep_fp32_values()` holds the fp32 copy that encodes more); their outputs are
+    handed on in fp32, so memory, local attention, the gate and the read are fp32 as in the
+    plain model. With
     `split_shared_inputs()` applied, the value and decode trunks compute each frame's
     shared inputs once for all its objects; with
     `compute_by_winograd()` the fp32 trunks' wide 3×3 convolutions are WinogradConv2d. With
@@ -386,11 +397,12 @@ class FastREMN(REMN):
         if bf16 not in BF16_PARTS:
             raise ValueError(f"FastREMN bf16 must be one of {BF16_PARTS}, got {bf16!r}")
         self.bf16 = bf16
+        self.fp32_value_encoder = None  # the value encoder's fp32 copy: keep_fp32_values()
         self.shares_inputs = False
         self.compile_mode = None
 
     def _in_bf16(self, trunk: str) -> bool:
-        """Whether `trunk` ("key", "value" or "decoder") runs under bf16 autocast."""
+        """Whether `trunk` (a key of TRUNK_MODULES) runs under bf16 autocast."""
         return trunk in BF16_TRUNKS[self.bf16]
 
     def _run_trunk(self, name: str, trunk, *args):
@@ -424,11 +436,21 @@ class FastREMN(REMN):
             if self._in_bf16(trunk):
                 continue
             for name in names:
+                if getattr(self, name) is None:  # fp32_value_encoder without keep_fp32_values()
+                    continue
                 replaced = _winograd_form(getattr(self, name))
                 if replaced is not None:
                     setattr(self, name, replaced)
                 else:
                     use_winograd(getattr(self, name))
+
+    def keep_fp32_values(self) -> None:
+        """For bf16 "by_objects": hold a copy of the value encoder, as the routes applied so
+        far left it, that stays fp32 (`store_bf16_weights` and bf16 autocast pass it by,
+        `compute_by_winograd` takes it), for steps with more than BF16_VALUES_MAX_OBJECTS objects."""
+        if self.bf16 != "by_objects":
+            raise ValueError(f'keep_fp32_values is for bf16 "by_objects", this model has bf16 {self.bf16!r}')
+        self.fp32_value_encoder = copy.deepcopy(self.value_encoder)
 
     def split_shared_inputs(self) -> None:
         """Replace the value encoder's stem and fuser input block and the decoder's compress
@@ -461,9 +483,13 @@ class FastREMN(REMN):
         return self._run_trunk("key", super()._key_trunk, image)
 
     def _value_trunk(self, image: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """As `REMN._value_trunk`: masks [B, O, Hp, Wp] → values [B·O, Cv, h, w]."""
+        """As `REMN._value_trunk`: masks [B, O, Hp, Wp] → values [B·O, Cv, h, w]; a step with
+        more than BF16_VALUES_MAX_OBJECTS objects runs the fp32 copy where one is held."""
+        fp32_copy = self.fp32_value_encoder is not None and masks.shape[1] > BF16_VALUES_MAX_OBJECTS
+        trunk_name = "fp32_value" if fp32_copy else "value"
+        encoder = self.fp32_value_encoder if fp32_copy else self.value_encoder
         trunk = self._split_value_trunk if self.shares_inputs else super()._value_trunk
-        return self._run_trunk("value", trunk, image, key_f16, masks)
+        return self._run_trunk(trunk_name, trunk, image, key_f16, masks, encoder)
 
     def _decode_trunk(self, readout: torch.Tensor, key_comp: torch.Tensor, f8: torch.Tensor,
                       f4: torch.Tensor) -> torch.Tensor:
@@ -471,11 +497,10 @@ class FastREMN(REMN):
         trunk = self._split_decode_trunk if self.shares_inputs else super()._decode_trunk
         return self._run_trunk("decoder", trunk, readout, key_comp, f8, f4)
 
-    def _split_value_trunk(self, image, key_f16, masks):
-        """The value trunk with `split_shared_inputs()`: the frame's image and key f16 enter once."""
+    def _split_value_trunk(self, image, key_f16, masks, encoder):
+        """The value trunk of `encoder` (split by `split_shared_inputs()`): the frame's image and key f16 enter once."""
         others = masks.sum(dim=1, keepdim=True) - masks  # [B, O, Hp, Wp]
         pairs = torch.stack([masks, others], dim=2).flatten(0, 1)  # [B·O, 2, Hp, Wp]
-        encoder = self.value_encoder
         x = encoder.conv1(pairs, image)  # [B·O, w, Hp/2, Wp/2]
         x = encoder.layer3(encoder.layer2(encoder.layer1(encoder.maxpool(encoder.relu(encoder.bn1(x))))))
         fuser = encoder.fuser
@@ -535,6 +560,8 @@ def prepare_fast_model(model: REMN, settings: FastPathSettings | None = None, pr
         for module in fast.modules():
             if isinstance(module, nn.Conv2d):
                 module.to(memory_format=torch.channels_last)
+    if fast.bf16 == "by_objects":  # before the bf16 weights, with the layout set
+        fast.keep_fp32_values()
     fast.store_bf16_weights()
     if settings.winograd and on_cpu and settings.compile_mode is None:  # after the layout and the bf16 weights are set
         fast.compute_by_winograd()

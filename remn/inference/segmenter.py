@@ -131,8 +131,9 @@ class Segmenter:
     model: a REMN (`remn.build_model`), in eval mode; config: an InferenceConfig or a
     preset name; fast_path: on a CPU the Segmenter runs a prepared copy of the model
     (`remn.inference.fast_path`: BatchNorm folded, per-frame inputs shared by the objects,
-    channels-last; bf16 encoders with precision "auto" on a CPU with native bf16, bf16
-    encoders and decoder with precision "bf16") unless fast_path=False; a FastPathSettings
+    channels-last; with precision "auto" on a CPU with native bf16 the key encoder in bf16,
+    the value encoder too with at most 2 objects; bf16 encoders and decoder with precision
+    "bf16") unless fast_path=False; a FastPathSettings
     picks the routes. Start a new video with `reset()` (or a new Segmenter).
     engine: "pytorch" runs the model's step functions; "onnxruntime" runs the exported graphs
     instead (`remn export`; `model` is then the export folder or a

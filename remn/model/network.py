@@ -174,11 +174,14 @@ class REMN(nn.Module):
         values = self._value_trunk(features.image, features.f16, masks)  # [B·O, Cv, h, w]
         return values.view(batch, num_objects, *values.shape[1:])
 
-    def _value_trunk(self, image: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """image [B, 3, Hp, Wp], key_f16 [B, C16, h, w], masks [B, O, Hp, Wp] (padded) → values [B·O, Cv, h, w]."""
+    def _value_trunk(self, image: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor,
+                     encoder: nn.Module | None = None) -> torch.Tensor:
+        """image [B, 3, Hp, Wp], key_f16 [B, C16, h, w], masks [B, O, Hp, Wp] (padded) → values
+        [B·O, Cv, h, w], by `encoder` (default: the value encoder; the fast path may pass a copy)."""
         num_objects = masks.shape[1]
         others = masks.sum(dim=1, keepdim=True) - masks  # [B, O, Hp, Wp]
-        return self.value_encoder(
+        encoder = self.value_encoder if encoder is None else encoder
+        return encoder(
             repeat_per_object(image, num_objects),
             repeat_per_object(key_f16, num_objects),
             masks.flatten(0, 1)[:, None],
