@@ -5,11 +5,10 @@
 The `remn` model (random weights: a trunk's time does not depend on them) at 864×480 is
 prepared twice with FastPathSettings(): once eager, once with `compile_mode`; precision
 "auto" (on a CPU with native bf16 the key encoder runs in bf16, the value encoder too
-with at most 2 objects). For each trunk (key encoder,
-value encoder, decoder for `--objects` objects) the first compiled call (its compile
-included) is timed, then eager and compiled calls alternate `--repeats` times and each
-side's median is reported, with the largest difference of their outputs relative to the
-eager output's largest magnitude.
+with at most 2 objects). For each trunk (key encoder, value encoder, decoder for
+`--objects` objects) the first compiled call (its compile included) is timed, then eager
+and compiled calls alternate `--repeats` times and each side's median is reported, with the
+largest difference of their outputs relative to the eager output's largest magnitude.
 """
 from __future__ import annotations
 

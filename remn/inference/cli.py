@@ -68,9 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="segment N videos of a dataset at once in one batch (default 1)")
     model.add_argument("--precision", choices=PRECISIONS,
                        help="default auto: bf16 autocast on CUDA (fp16 without bf16); on the CPU fp32 with the fast "
-                            "path's key encoder in bf16 where the CPU has native bf16, its value encoder too with at most "
-                            "2 objects (the stcn and rde presets: fp32, as published); bf16 on the CPU runs the fast path's encoders and decoder in bf16; fp16 is "
-                            "CUDA only")
+                            "path's key encoder in bf16 where the CPU has native bf16, its value encoder too with "
+                            "at most 2 objects (the stcn and rde presets: fp32, as published); bf16 on the CPU runs "
+                            "the fast path's encoders and decoder in bf16; fp16 is CUDA only")
     model.add_argument("--no-fast-path", dest="fast_path", action="store_false", default=None,
                        help="on a CPU, run the model as built (no BatchNorm folding, shared inputs, channels-last)")
     model.add_argument("--compile", choices=COMPILE_MODES, metavar="MODE",

@@ -133,8 +133,7 @@ class Segmenter:
     (`remn.inference.fast_path`: BatchNorm folded, per-frame inputs shared by the objects,
     channels-last; with precision "auto" on a CPU with native bf16 the key encoder in bf16,
     the value encoder too with at most 2 objects; bf16 encoders and decoder with precision
-    "bf16") unless fast_path=False; a FastPathSettings
-    picks the routes. Start a new video with `reset()` (or a new Segmenter).
+    "bf16") unless fast_path=False; a FastPathSettings picks the routes. Start a new video with `reset()` (or a new Segmenter).
     engine: "pytorch" runs the model's step functions; "onnxruntime" runs the exported graphs
     instead (`remn export`; `model` is then the export folder or a
     `remn.inference.onnx_engine.OnnxRuntimeEngine`), under the same memory policy; None (the
