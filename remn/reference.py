@@ -42,12 +42,19 @@ def _without_autocast(op):
 
 
 def _safe_softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
-    """Softmax over `dim` where a slice of only −inf gives zeros instead of NaN."""
+    """Softmax over `dim` where a slice of only −inf gives zeros instead of NaN, and weights
+    below the dtype's smallest normal number are zero. Those subnormal weights (a logit more
+    than ~87 below its row's largest, in fp32) change no sum of weighted values beyond its
+    rounding, but x86 CPUs compute with subnormal operands many times slower: with trained
+    weights they made local attention at 480p with 2 objects take 4.6× its time (359 ms
+    against 78 ms on this project's CPU; its value product 11×)."""
+    smallest_normal = torch.finfo(logits.dtype).tiny
     row_max = logits.amax(dim=dim, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     weights = torch.exp(logits - row_max.detach())
     total = weights.sum(dim=dim, keepdim=True)
-    return weights / total.clamp_min(torch.finfo(weights.dtype).tiny)
+    weights = weights / total.clamp_min(smallest_normal)
+    return weights.masked_fill(weights < smallest_normal, 0.0)
 
 
 def key_square_norms(memory_key: torch.Tensor) -> torch.Tensor:

@@ -154,6 +154,28 @@ def test_local_attention_broadcast_bias_and_excluded_windows():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
+def test_softmax_weights_below_the_smallest_normal_are_zero():
+    """A logit 95 below its row's largest has weight e^-95 ≈ 5e-42, subnormal in fp32 (slow
+    on x86): it is 0, and the other weights are the exact softmax's to rounding."""
+    logits = torch.tensor([[0.0, -1.0, -95.0, -math.inf], [-80.0, -180.0, -200.0, -math.inf]])
+    weights = reference._safe_softmax(logits, dim=1)
+    tiny = torch.finfo(torch.float32).tiny
+    assert weights[0, 2] == 0 and weights[1, 1:].eq(0).all() and weights[:, 3].eq(0).all()
+    assert not ((weights > 0) & (weights < tiny)).any()
+    torch.testing.assert_close(weights.double(), torch.softmax(logits.double(), dim=1), rtol=1e-6, atol=1e-30)
+
+
+def test_local_attention_far_logits_read_as_the_exact_math():
+    """With a strongly separated window (most weights subnormal or smaller before they are
+    zeroed) the read is the fp64 naive one to fp32 rounding."""
+    generator = torch.Generator().manual_seed(0)
+    query_key, key = 12 * torch.randn(1, 4, 6, 7, generator=generator), 12 * torch.randn(1, 4, 6, 7, generator=generator)
+    value = torch.randn(1, 2, 3, 6, 7, generator=generator)
+    got = reference.local_attention(query_key, key, value, 2)
+    want = naive_local_attention(query_key, key, value, 2)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_reference_keeps_value_dtype():
     got = reference.memory_read(torch.randn(1, 4, 3).half(), torch.randn(1, 4, 5).half(), torch.randn(1, 1, 2, 5).half())
     assert got.dtype == torch.float16
