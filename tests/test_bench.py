@@ -131,6 +131,35 @@ def test_quick_cpu_section_compares_every_route_with_eager_fp32(tmp_path):
     assert "== CPU fast path" in done.stdout
 
 
+def test_winograd_bench_times_every_decoder_convolution_it_computes(tmp_path):
+    """bench/bench_winograd.py at a small size: one row per distinct convolution shape, each
+    against the direct convolution with both band choices, and per object count a summary
+    over the step's Winograd convolutions (the frame's shared ones once, at batch 1)."""
+    output = tmp_path / "winograd.json"
+    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_winograd.py"), "--objects", "1", "3", "--rounds",
+                           "2", "--size", "64", "96", "--bands", "--output", str(output)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    rows = results["rows"]
+    assert {row["batch"] for row in rows} == {1, 3}
+    named = [name for row in rows for name in row["convolutions"]]
+    assert {"compress.conv1_s", "up_16_8.skip_conv", "up_8_4.skip_conv", "up_8_4.out_conv.conv2"} <= set(named)
+    assert "pred" not in named  # one output channel: direct
+    for row in rows:
+        assert row["direct_ms"] > 0 and row["direct_rel_error"] < 1e-5
+        assert set(row["winograd"]) == {"band_shape", "within 2 MiB"}
+        for entry in row["winograd"].values():
+            assert entry["ms"] > 0 and entry["rel_error"] < 3e-5 and len(entry["ms_samples"]) == 2
+    shared = [row for row in rows if row["batch"] == 1 and "up_8_4.skip_conv" in row["convolutions"]]
+    assert len(shared) == 1 and "up_8_4.out_conv.conv1" in shared[0]["convolutions"]  # 1 object: the same shape
+    summary = {(entry["objects"], entry["bands"]): entry for entry in results["summary"]}
+    assert set(summary) == {(objects, bands) for objects in (1, 3) for bands in ("band_shape", "within 2 MiB")}
+    for entry in summary.values():
+        assert entry["convolutions"] == 12 and entry["x_direct"] == entry["winograd_ms"] / entry["direct_ms"]
+    assert results["environment"]["device"] and results["min_band_tiles"] > 1
+
+
 def test_quick_cpu_labels_compare_every_bf16_choice_on_every_clip(tmp_path):
     """bench/bench_cpu_labels.py: one row per clip (seed × object count) and variant, each
     against eager fp32 of its own clip, and a summary that is the rows' mean and minimum."""

@@ -43,19 +43,48 @@ def test_winograd_computes_the_convolution(shape, bias, channels_last):
     torch.testing.assert_close(got.double(), want, rtol=0, atol=WINOGRAD_RTOL * want.abs().max().item())
 
 
-def test_winograd_adds_and_rectifies_in_bands(monkeypatch):
-    """relu(conv(x) + add) in many bands of one tile row (the last one cut by the image
-    edge) equals the same in one band, and the direct math."""
-    conv, x = conv_and_input(2, 12, 10, 22, 17)
+@pytest.mark.parametrize("min_tiles, max_bytes, shape", [
+    (1, 1, (1, 1)),  # one tile row of one image: 2 images × 6 bands, the last 2 rows tall
+    (20, 1 << 30, (2, 2)),  # two tile rows of both images: 3 bands
+])
+def test_winograd_adds_and_rectifies_in_bands(monkeypatch, min_tiles, max_bytes, shape):
+    """relu(conv(x) + add) in bands of tile rows (the last band cut by the image edge)
+    equals the same in one band of both images, and the direct math."""
+    conv, x = conv_and_input(2, 12, 10, 22, 17)  # 6 × 5 tiles of 4 × 4 per image
     add = torch.randn(2, 10, 22, 17).contiguous(memory_format=torch.channels_last)
     want = F.relu(F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1) + add.double())
     module = WinogradConv2d(conv)
+    assert winograd.band_shape(2, 6, 5, 12) == (2, 6)
     one_band = module(x, add=add, relu=True)
-    monkeypatch.setattr(winograd, "BAND_BYTES", 1)  # every band is one tile row: 6 bands, the last 2 rows tall
+    monkeypatch.setattr(winograd, "MIN_BAND_TILES", min_tiles)
+    monkeypatch.setattr(winograd, "MAX_BAND_BYTES", max_bytes)
+    assert winograd.band_shape(2, 6, 5, 12) == shape
     banded = module(x, add=add, relu=True)
     torch.testing.assert_close(banded, one_band, rtol=0, atol=0)
     torch.testing.assert_close(banded.double(), want, rtol=0, atol=WINOGRAD_RTOL * want.abs().max().item())
     assert (banded == 0).any() and (banded >= 0).all()
+
+
+@pytest.mark.parametrize("batch, tile_rows, tile_cols, channels", [
+    (1, 30, 54, 256), (2, 30, 54, 256), (4, 30, 54, 256), (2, 15, 27, 512), (2, 8, 14, 1024),  # 480p's grids
+    (64, 30, 54, 256),  # many objects: a tile row of every image together exceeds MAX_BAND_BYTES
+    (1, 3, 2000, 4096),  # one tile row of one image alone exceeds it
+    (3, 2, 3, 8),  # the whole batch holds fewer than MIN_BAND_TILES tiles
+])
+def test_bands_hold_enough_tiles_within_the_byte_budget(batch, tile_rows, tile_cols, channels):
+    images, rows = winograd.band_shape(batch, tile_rows, tile_cols, channels)
+    assert 1 <= images <= batch and 1 <= rows <= tile_rows
+    tiles = images * rows * tile_cols
+    tile_bytes = 4 * winograd.POSITIONS * channels
+    if tile_cols * tile_bytes > winograd.MAX_BAND_BYTES:
+        assert (images, rows) == (1, 1)
+        return
+    assert tiles * tile_bytes <= winograd.MAX_BAND_BYTES
+    # as many tiles as asked for, or as the budget or the batch allows
+    grown = [(images, rows + 1)] if rows < tile_rows else []
+    grown += [(images + 1, rows)] if images < batch else []
+    assert tiles >= winograd.MIN_BAND_TILES or all(
+        n * r * tile_cols * tile_bytes > winograd.MAX_BAND_BYTES for n, r in grown)
 
 
 def test_winograd_at_the_decoders_width_errs_near_the_direct_convolution():

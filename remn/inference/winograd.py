@@ -15,8 +15,9 @@ differs from the direct sum (the transform matrices hold 4, 5 and fractions of 6
 in fp32 the error stays near 1e-5 of the output's scale (tests), against 1e-6 for the
 direct convolution, far below bf16's 4e-3.
 
-The transforms touch 2.25× the input and output in memory, so the image is processed in
-bands of tile rows sized to stay in cache (BAND_BYTES), each band through the whole
+The transforms touch 2.25× the input and output in memory, so the batch is processed in
+bands of tile rows (of one image or several, `band_shape`) small enough to stay in cache
+and large enough for the 36 products to run near peak, each band through the whole
 pipeline: pad, gather tiles, Bᵀ·B, the 36 products, Aᵀ·A, bias, add and ReLU into the
 output. `WinogradConv2d` has `FusedConv`'s call: relu?(conv(x) + add?).
 """
@@ -28,7 +29,13 @@ from torch import nn
 
 OUTPUT_TILE, INPUT_TILE = 4, 6  # F(4×4, 3×3): 4×4 outputs from 6×6 inputs
 POSITIONS = INPUT_TILE * INPUT_TILE  # 36 products per tile
-BAND_BYTES = 2 << 20  # one band's gathered input tiles [36, P, Cin] in fp32: about a core's L2
+# A band's tiles P are the M of its 36 products [P, Cin] @ [Cin, Cout]: below ~100 tiles the
+# products run far from peak, and past ~16-24 MiB of gathered input tiles [36, P, Cin] (fp32)
+# the transforms leave the cache. On this project's CPU at the decoder's shapes at 480p
+# (1-4 images), bands of 128-384 tiles within 16-32 MiB all took 0.59× the direct time in
+# sum, where bands of ≤ 2 MiB (one tile row, often 14-54 tiles) took 0.78×.
+MIN_BAND_TILES = 128
+MAX_BAND_BYTES = 16 << 20
 # Below this many input or output channels the transforms cost more than the products save
 # (on this project's CPU at 480p: 64 → 64 channels 1.3× the direct time, 128 → 128 0.78×,
 # 256 → 256 0.6×, 256 → 1 2.9×).
@@ -53,6 +60,16 @@ def winograd_applies(conv: nn.Module) -> bool:
 def winograd_pays(conv: nn.Module) -> bool:
     """`winograd_applies` and both channel counts at least MIN_CHANNELS."""
     return winograd_applies(conv) and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+
+
+def band_shape(batch: int, tile_rows: int, tile_cols: int, channels: int) -> tuple[int, int]:
+    """(images, tile rows) of a band over N = `batch` images of tile_rows × tile_cols tiles
+    with `channels` input channels: at least MIN_BAND_TILES tiles where MAX_BAND_BYTES of
+    gathered input tiles allows it, and at least one tile row of one image."""
+    most = max(tile_cols, MAX_BAND_BYTES // (4 * POSITIONS * channels))  # tiles a band may hold
+    images = max(1, min(batch, most // tile_cols))
+    row_tiles = images * tile_cols
+    return images, max(1, min(tile_rows, -(-MIN_BAND_TILES // row_tiles), most // row_tiles))
 
 
 class WinogradConv2d(nn.Module):
@@ -98,15 +115,18 @@ class WinogradConv2d(nn.Module):
         padded = torch.empty(batch, OUTPUT_TILE * tile_rows, OUTPUT_TILE * tile_cols, self.out_channels,
                              dtype=x.dtype, device=x.device)  # [N, 4·tiles, 4·tiles, Cout]: the output, whole tiles
         added = None if add is None else add.permute(0, 2, 3, 1)  # [N, H, W, Cout]
-        band = max(1, BAND_BYTES // (4 * POSITIONS * batch * tile_cols * self.in_channels))  # tile rows per band
-        for first in range(0, tile_rows, band):
-            rows = min(band, tile_rows - first)
-            self._band(image, first, rows, tile_cols, padded[:, OUTPUT_TILE * first:OUTPUT_TILE * (first + rows)])
-            valid = padded[:, OUTPUT_TILE * first:min(OUTPUT_TILE * (first + rows), height), :width]  # [N, h, W, Cout]
-            if added is not None:
-                valid.add_(added[:, OUTPUT_TILE * first:OUTPUT_TILE * first + valid.shape[1]])
-            if relu:
-                valid.relu_()
+        images, band = band_shape(batch, tile_rows, tile_cols, self.in_channels)
+        for start in range(0, batch, images):
+            chunk = slice(start, start + images)
+            for first in range(0, tile_rows, band):
+                rows = min(band, tile_rows - first)
+                band_rows = slice(OUTPUT_TILE * first, OUTPUT_TILE * (first + rows))
+                self._band(image[chunk], first, rows, tile_cols, padded[chunk, band_rows])
+                valid = padded[chunk, band_rows][:, :height - OUTPUT_TILE * first, :width]  # [n, h, W, Cout]
+                if added is not None:
+                    valid.add_(added[chunk, OUTPUT_TILE * first:OUTPUT_TILE * first + valid.shape[1]])
+                if relu:
+                    valid.relu_()
         out = padded[:, :height, :width].permute(0, 3, 1, 2)  # [N, Cout, H, W]
         return out.contiguous(memory_format=torch.channels_last)  # a copy only where H or W is not a multiple of 4
 
