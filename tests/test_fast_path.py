@@ -155,16 +155,33 @@ def test_bf16_key_encoder_leaves_the_value_encoder_in_fp32(models):
 @pytest.mark.parametrize("share_inputs", [True, False])
 def test_bf16_by_objects_encodes_values_in_bf16_up_to_two_objects_and_in_fp32_beyond(models, share_inputs):
     """bf16="by_objects" steps as "encoders" with at most BF16_VALUES_MAX_OBJECTS objects and
-    as "key" with more (its value encoder's fp32 copy), to the bit; the two differ."""
+    as "key" with more (its value encoder's fp32 copy), to the bit; the two differ. The copy
+    is finished on the first step with more objects: until then the model holds only its
+    fp32 weights, outside the model's parameters."""
     model = models["tiny"]
     by_objects, encoders, key_only = (prepare_fast_model(model, FastPathSettings(bf16=parts, share_inputs=share_inputs))
                                       for parts in ("by_objects", "encoders", "key"))
-    assert by_objects.fp32_value_encoder is not None and encoders.fp32_value_encoder is None
+    assert by_objects.holds_fp32_values and not encoders.holds_fp32_values
+    parameters = sum(p.numel() for p in by_objects.parameters())
+    assert parameters == sum(p.numel() for p in encoders.parameters())
     for num_objects in range(1, fast_path.BF16_VALUES_MAX_OBJECTS + 3):
         same, other = (encoders, key_only) if num_objects <= fast_path.BF16_VALUES_MAX_OBJECTS else (key_only, encoders)
         got, want, not_want = (one_step(network, num_objects) for network in (by_objects, same, other))
         assert all(torch.equal(a, b) for a, b in zip(got, want)), num_objects
         assert not torch.equal(got[1], not_want[1]), num_objects  # the values tell the two apart
+        finished = by_objects.fp32_value_encoder
+        assert (finished is None) == (num_objects <= fast_path.BF16_VALUES_MAX_OBJECTS), num_objects
+    assert finished is by_objects.fp32_value_encoder  # finished once
+    assert sum(p.numel() for p in by_objects.parameters()) > parameters
+    assert {type(m) for m in finished.modules()} == {type(m) for m in key_only.value_encoder.modules()}
+
+
+def test_moving_the_model_moves_the_kept_fp32_value_copy(models):
+    """`.to()` before the copy is finished reaches it, as it reaches the model's own modules."""
+    by_objects = prepare_fast_model(models["tiny"], FastPathSettings(bf16="by_objects", fuse_pointwise=False))
+    by_objects.to(torch.float64)
+    by_objects.finish_fp32_values()
+    assert {p.dtype for p in by_objects.fp32_value_encoder.parameters()} == {torch.float64}
 
 
 def test_preparing_leaves_the_model_and_the_random_stream_alone(models):
@@ -261,11 +278,14 @@ def test_local_attention_in_row_tiles_equals_one_tile(monkeypatch, radius):
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compiled_trunks_trace_as_whole_graphs_and_compute_the_same(models, monkeypatch, mode):
+@pytest.mark.parametrize("bf16", ["none", "by_objects"])
+def test_compiled_trunks_trace_as_whole_graphs_and_compute_the_same(models, monkeypatch, mode, bf16):
     """compile_mode: each trunk goes through torch.compile(fullgraph=True, dynamic=False), so a
     graph break fails here. The compiler backend is swapped for dynamo's eager one (Inductor
     takes minutes on this CPU; bench/bench_cuda_fast_path.py compiles for real): the traced
-    graphs then run the same ops, one compile per trunk and shape (object count)."""
+    graphs then run the same ops, one compile per trunk and shape (object count). With bf16
+    "by_objects" the value encoder's fp32 copy is finished before the compile, so the value
+    trunk at 3 objects (the copy's) traces whole too."""
     compiled = []
     real_compile = torch.compile
 
@@ -276,9 +296,10 @@ def test_compiled_trunks_trace_as_whole_graphs_and_compute_the_same(models, monk
     monkeypatch.setattr(torch, "compile", traced_only)
     torch._dynamo.reset()
     model = models["tiny"]
-    fast = prepare_fast_model(model, FastPathSettings(bf16="none", compile_mode=mode))
-    plain = prepare_fast_model(model, FastPathSettings(bf16="none"))
+    fast = prepare_fast_model(model, FastPathSettings(bf16=bf16, compile_mode=mode))
+    plain = prepare_fast_model(model, FastPathSettings(bf16=bf16, fuse_pointwise=False))  # the ops compile traces
     assert fast.compile_mode == mode and plain.compile_mode is None
+    assert (fast.fp32_value_encoder is not None) == (bf16 == "by_objects")
     assert compiled == [(name, mode, True, False) for name in ("_key_trunk", "_value_trunk", "_decode_trunk")]
     for num_objects in (1, 3):  # a second object count recompiles the value and decode trunks
         for got, want in zip(one_step(fast, num_objects), one_step(plain, num_objects)):

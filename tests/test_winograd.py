@@ -136,6 +136,7 @@ def test_fast_path_computes_its_fp32_trunks_by_winograd(monkeypatch, bf16):
     torch.manual_seed(0)
     model = remn.build_model(config="tiny", device="cpu").eval()
     fast = prepare_fast_model(model, FastPathSettings(bf16=bf16))
+    fast.finish_fp32_values()  # by_objects: the value encoder's fp32 copy takes Winograd when finished
     for trunk, names in fast_path.TRUNK_MODULES.items():
         for name in [name for name in names if getattr(fast, name) is not None]:  # fp32_value_encoder: by_objects only
             kinds = {type(module) for module in getattr(fast, name).modules()}

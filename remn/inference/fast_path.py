@@ -28,8 +28,9 @@ each a field of `FastPathSettings`:
   `compile_mode`, where Inductor fuses the graph itself.
 - `winograd`: the 3×3, stride-1 convolutions of the fp32 trunks (the decoder, by default
   here) with at least 128 input and output channels computed by Winograd's F(4×4, 3×3)
-  (`remn.inference.winograd`): a quarter of the multiplications, at 0.43–0.61× the direct
-  convolution's time on the decoder's shapes at 480p. Its rounding differs more than the
+  (`remn.inference.winograd`): a quarter of the multiplications; at 480p the decoder's
+  Winograd convolutions take 0.53–0.58× the direct time in sum over a step of 1-4 objects
+  (0.35–0.77× each; `bench/bench_winograd.py`). Its rounding differs more than the
   other fp32 routes' (about 1e-5 of the output's scale against 1e-6), still far below
   bf16's. CPU only, and not with `compile_mode`.
 - `bf16`: which parts run under `torch.autocast("cpu", torch.bfloat16)`: "none", "key"
@@ -383,7 +384,8 @@ class FastREMN(REMN):
     parts of encode_key, encode_value and decode). `bf16` (one of BF16_PARTS) names the
     trunks that run under bf16 autocast (BF16_TRUNKS): "key", "encoders" (key and value),
     "all" (the decoder too) or "by_objects" (key, and value up to BF16_VALUES_MAX_OBJECTS
-    objects: `keep_fp32_values()` holds the fp32 copy that encodes more); their outputs are
+    objects: `keep_fp32_values()` keeps the fp32 copy that encodes more, finished on the
+    first step that needs it); their outputs are
     handed on in fp32, so memory, local attention, the gate and the read are fp32 as in the
     plain model. With
     `split_shared_inputs()` applied, the value and decode trunks compute each frame's
@@ -397,7 +399,10 @@ class FastREMN(REMN):
         if bf16 not in BF16_PARTS:
             raise ValueError(f"FastREMN bf16 must be one of {BF16_PARTS}, got {bf16!r}")
         self.bf16 = bf16
-        self.fp32_value_encoder = None  # the value encoder's fp32 copy: keep_fp32_values()
+        self.fp32_value_encoder = None  # the value encoder's fp32 copy, finished: finish_fp32_values()
+        # keep_fp32_values(): (that copy as it was taken, the routes to apply to it when it is
+        # finished); a tuple, so no registered submodule: the routes run on the model pass it by
+        self._fp32_values_pending = None
         self.shares_inputs = False
         self.compile_mode = None
 
@@ -430,13 +435,15 @@ class FastREMN(REMN):
 
     def compute_by_winograd(self) -> None:
         """`use_winograd` on the fp32 trunks' modules, a module that is itself such a
-        convolution (key_comp) included. The bf16 trunks keep oneDNN's bf16 convolutions:
-        here F(4×4, 3×3) is an fp32 algorithm, its transforms would round to bf16."""
+        convolution (key_comp) included, and on the value encoder's fp32 copy when it is
+        finished. The bf16 trunks keep oneDNN's bf16 convolutions: here F(4×4, 3×3) is an
+        fp32 algorithm, its transforms would round to bf16."""
+        self._later_on_fp32_values(use_winograd)
         for trunk, names in TRUNK_MODULES.items():
             if self._in_bf16(trunk):
                 continue
             for name in names:
-                if getattr(self, name) is None:  # fp32_value_encoder without keep_fp32_values()
+                if getattr(self, name) is None:  # fp32_value_encoder before finish_fp32_values()
                     continue
                 replaced = _winograd_form(getattr(self, name))
                 if replaced is not None:
@@ -445,12 +452,49 @@ class FastREMN(REMN):
                     use_winograd(getattr(self, name))
 
     def keep_fp32_values(self) -> None:
-        """For bf16 "by_objects": hold a copy of the value encoder, as the routes applied so
-        far left it, that stays fp32 (`store_bf16_weights` and bf16 autocast pass it by,
-        `compute_by_winograd` takes it), for steps with more than BF16_VALUES_MAX_OBJECTS objects."""
+        """For bf16 "by_objects": keep a copy of the value encoder, as the routes applied so
+        far left it, that stays fp32 (`store_bf16_weights` and bf16 autocast pass it by), for
+        steps with more than BF16_VALUES_MAX_OBJECTS objects. The first such step finishes it
+        (`finish_fp32_values`): the fp32 routes applied to the model since (Winograd, whose
+        filters take 4× the weights, and fused ops) are applied to the copy then, so a model
+        whose steps never have more objects holds only the copy's fp32 weights."""
         if self.bf16 != "by_objects":
             raise ValueError(f'keep_fp32_values is for bf16 "by_objects", this model has bf16 {self.bf16!r}')
-        self.fp32_value_encoder = copy.deepcopy(self.value_encoder)
+        self.fp32_value_encoder = None
+        self._fp32_values_pending = (copy.deepcopy(self.value_encoder), [])
+
+    @property
+    def holds_fp32_values(self) -> bool:
+        """Whether steps with more than BF16_VALUES_MAX_OBJECTS objects encode values in fp32
+        (`keep_fp32_values`), with the copy finished or not."""
+        return self.fp32_value_encoder is not None or self._fp32_values_pending is not None
+
+    def finish_fp32_values(self) -> None:
+        """Apply to the kept fp32 copy of the value encoder the routes the model took after
+        `keep_fp32_values`, in their order, and make it `fp32_value_encoder`; nothing when no
+        copy waits."""
+        if self._fp32_values_pending is None:
+            return
+        encoder, routes = self._fp32_values_pending
+        for route in routes:
+            route(encoder)
+        self.fp32_value_encoder, self._fp32_values_pending = encoder, None
+
+    def _apply(self, fn, *args, **kwargs):
+        """As nn.Module._apply (`.to`, `.cuda`, `.double` …), on the kept fp32 value copy too."""
+        if self._fp32_values_pending is not None:
+            self._fp32_values_pending[0]._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    def fuse_pointwise_ops(self) -> None:
+        """`fuse_pointwise` on the model, and on the value encoder's fp32 copy when it is finished."""
+        fuse_pointwise(self)
+        self._later_on_fp32_values(fuse_pointwise)
+
+    def _later_on_fp32_values(self, route) -> None:
+        """route(module) on the kept fp32 value copy when `finish_fp32_values` finishes it."""
+        if self._fp32_values_pending is not None:
+            self._fp32_values_pending[1].append(route)
 
     def split_shared_inputs(self) -> None:
         """Replace the value encoder's stem and fuser input block and the decoder's compress
@@ -474,6 +518,7 @@ class FastREMN(REMN):
         """
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+        self.finish_fp32_values()  # a compiled value trunk cannot finish it within its graph
         for name in ("_key_trunk", "_value_trunk", "_decode_trunk"):
             compiled = torch.compile(getattr(self, name), mode=mode, fullgraph=True, dynamic=False)
             setattr(self, name, _graph_outputs_copied(compiled) if mode in CUDA_GRAPH_MODES else compiled)
@@ -484,8 +529,11 @@ class FastREMN(REMN):
 
     def _value_trunk(self, image: torch.Tensor, key_f16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """As `REMN._value_trunk`: masks [B, O, Hp, Wp] → values [B·O, Cv, h, w]; a step with
-        more than BF16_VALUES_MAX_OBJECTS objects runs the fp32 copy where one is held."""
-        fp32_copy = self.fp32_value_encoder is not None and masks.shape[1] > BF16_VALUES_MAX_OBJECTS
+        more than BF16_VALUES_MAX_OBJECTS objects runs the fp32 copy where one is kept,
+        finishing it on the first such step."""
+        fp32_copy = self.holds_fp32_values and masks.shape[1] > BF16_VALUES_MAX_OBJECTS
+        if fp32_copy:
+            self.finish_fp32_values()
         trunk_name = "fp32_value" if fp32_copy else "value"
         encoder = self.fp32_value_encoder if fp32_copy else self.value_encoder
         trunk = self._split_value_trunk if self.shares_inputs else super()._value_trunk
@@ -568,7 +616,7 @@ def prepare_fast_model(model: REMN, settings: FastPathSettings | None = None, pr
     # After the weights' layout and dtype are set; a compiled trunk is left to Inductor's own fusion.
     fuse = settings.fuse_pointwise and settings.channels_last and settings.compile_mode is None
     if fuse and on_cpu and conv_pointwise_available():
-        fuse_pointwise(fast)
+        fast.fuse_pointwise_ops()
     if settings.compile_mode is not None:
         fast.compile_trunks(settings.compile_mode)
     if settings.reuse_freed_memory and on_cpu:
