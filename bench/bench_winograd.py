@@ -1,6 +1,7 @@
 """WinogradConv2d against oneDNN's direct fp32 convolution on the decoder's shapes, on a CPU.
 
     python bench/bench_winograd.py --output bench/results/FILE.json [--objects 1 2 4] [--rounds 6] [--bands]
+    python bench/bench_winograd.py --output bench/results/FILE.json --tiles [--rounds 6]
 
 Every 3×3 convolution of the `remn` decoder that the fast path computes by F(4×4, 3×3)
 (`winograd_pays`) at 864×480 (the 1/16, 1/8 and 1/4 grids: 30×54, 60×108, 120×216), at its
@@ -13,7 +14,13 @@ within 2 MiB of gathered tiles (SMALL_BANDS: about a core's L2, as bands were si
 before `band_shape`), to show what the band size buys. Each row also holds Winograd's
 largest error against the fp64 convolution, relative to the output's largest magnitude,
 next to the direct convolution's; the summary sums a step's Winograd convolutions per
-object count.
+object count. Winograd is timed on every call here, also where `WinogradConv2d.pays_on`
+would hand it to the direct convolution.
+
+`--tiles` times instead the widths TILE_WIDTHS on one image's grids of 1 to 405 tiles
+(TILE_GRIDS), the calls of small frames and 480p's 1/8 grid: the rows show from how many tiles each width pays,
+the figures behind MIN_TILES, each row with the choice the fast path makes
+for it (`winograd_pays` and `WinogradConv2d.pays_on`).
 """
 from __future__ import annotations
 
@@ -33,10 +40,12 @@ from common import environment
 from remn.data.atomic import atomic_path
 from remn.inference import winograd
 from remn.inference.fast_path import FastPathSettings, keep_freed_memory, prepare_fast_model
-from remn.inference.winograd import WinogradConv2d
+from remn.inference.winograd import WinogradConv2d, winograd_pays
 from remn.train.trainer import cpu_threads
 
 SMALL_BANDS = {"MIN_BAND_TILES": 1, "MAX_BAND_BYTES": 2 << 20}  # `--bands`: within about a core's L2
+TILE_WIDTHS = ((128, 128), (256, 256), (512, 256), (512, 512), (1024, 512))  # `--tiles`: (Cin, Cout)
+TILE_GRIDS = ((4, 4), (8, 8), (8, 16), (16, 16), (16, 32), (32, 32), (30, 54), (60, 108))  # 1 … 405 tiles
 
 def winograd_decoder() -> torch.nn.Module:
     """The `remn` decoder (random weights) as the fp32 fast path prepares it."""
@@ -65,8 +74,8 @@ def measure(conv, batch, height, width, rounds: int, band_choices) -> dict:
     fast = WinogradConv2d(conv)
     x = torch.randn(batch, conv.in_channels, height, width).contiguous(memory_format=torch.channels_last)
 
-    def bands(choice):
-        return mock.patch.multiple(winograd, **SMALL_BANDS) if choice != "band_shape" else contextlib.nullcontext()
+    def bands(choice):  # Winograd on every call, with the bands of `choice`
+        return mock.patch.multiple(winograd, MIN_TILES=0, **(SMALL_BANDS if choice != "band_shape" else {}))
 
     sides = {"direct": (lambda: conv(x), contextlib.nullcontext)}
     sides.update({choice: (lambda: fast(x), lambda choice=choice: bands(choice)) for choice in band_choices})
@@ -83,7 +92,9 @@ def measure(conv, batch, height, width, rounds: int, band_choices) -> dict:
     row = {"batch": batch, "in_channels": conv.in_channels, "out_channels": conv.out_channels,
            "grid": f"{width}x{height}", "direct_ms": direct_ms,
            "direct_rel_error": ((conv(x).double() - exact).abs().max() / scale).item(),
-           "direct_ms_samples": [1e3 * t for t in seconds["direct"]], "winograd": {}}
+           "direct_ms_samples": [1e3 * t for t in seconds["direct"]],
+           "fast_path_winograd": winograd_pays(conv) and fast.pays_on(batch * -(-height // 4) * -(-width // 4)),
+           "winograd": {}}
     for choice in band_choices:
         with bands(choice):
             images, band_rows = winograd.band_shape(batch, -(-height // 4), -(-width // 4), conv.in_channels)
@@ -103,12 +114,18 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, nargs=2, default=(480, 864), metavar=("H", "W"))
     parser.add_argument("--bands", action="store_true", help="also time bands within 2 MiB (SMALL_BANDS)")
+    parser.add_argument("--tiles", action="store_true",
+                        help="time TILE_WIDTHS on one image's TILE_GRIDS instead of the decoder's convolutions")
     args = parser.parse_args(argv)
     if min(args.objects) < 1 or args.rounds < 2 or args.threads < 1:
         parser.error("--objects and --threads must be at least 1, --rounds at least 2 (the first is a warm-up)")
+    if args.tiles and args.bands:
+        parser.error("--tiles times band_shape's bands only; leave out --bands")
     torch.manual_seed(0)
     keep_freed_memory()  # as the fast path runs (FastPathSettings.reuse_freed_memory)
     band_choices = ("band_shape", "within 2 MiB") if args.bands else ("band_shape",)
+    if args.tiles:
+        return tile_sweep(args.output, args.rounds, args.threads)
     measured, steps = {}, []  # shape → row; per object count, the shapes of the step's convolutions
     with cpu_threads(args.threads), torch.inference_mode():
         decoder = winograd_decoder()
@@ -147,12 +164,31 @@ def main(argv=None) -> int:
     return 0
 
 
+def tile_sweep(output: Path, rounds: int, threads: int) -> int:
+    """`--tiles`: each of TILE_WIDTHS on each of TILE_GRIDS (one image), into `output`."""
+    rows = []
+    with cpu_threads(threads), torch.inference_mode():
+        for in_channels, out_channels in TILE_WIDTHS:
+            for height, width in TILE_GRIDS:
+                conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1).eval().requires_grad_(False)
+                row = measure(conv, 1, height, width, rounds, ("band_shape",))
+                row["tiles"] = -(-height // 4) * -(-width // 4)
+                report(row, f"{row['tiles']} tiles")
+                rows.append(row)
+    results = {"environment": environment(torch.device("cpu")), "threads": threads, "rounds": rounds,
+               "min_channels": winograd.MIN_CHANNELS, "min_tiles": winograd.MIN_TILES, "rows": rows}
+    with atomic_path(output) as temp:
+        temp.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
 def report(row: dict, name: str) -> None:
     for choice, entry in row["winograd"].items():
         print(f"{name} ×{row['batch']} {row['in_channels']}→{row['out_channels']} at {row['grid']} ({choice}: "
               f"{entry['band_images']} images × {entry['band_tile_rows']} tile rows): direct {row['direct_ms']:.1f} ms, "
               f"Winograd {entry['ms']:.1f} ms ({entry['x_direct']:.2f}x), error {entry['rel_error']:.1e} "
-              f"(direct {row['direct_rel_error']:.1e})", flush=True)
+              f"(direct {row['direct_rel_error']:.1e}); the fast path runs it "
+              f"{'by Winograd' if row['fast_path_winograd'] else 'directly'}", flush=True)
 
 
 if __name__ == "__main__":

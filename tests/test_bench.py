@@ -160,6 +160,32 @@ def test_winograd_bench_times_every_decoder_convolution_it_computes(tmp_path):
     assert results["environment"]["device"] and results["min_band_tiles"] > 1
 
 
+def test_winograd_tile_sweep_times_every_width_on_every_grid(tmp_path, monkeypatch):
+    """bench/bench_winograd.py --tiles: a row per width and grid of one image, Winograd and
+    direct both timed, each row with the choice the fast path makes on it."""
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    import bench_winograd
+    from remn.inference import winograd
+
+    output = tmp_path / "tiles.json"
+    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_winograd.py"), "--tiles", "--rounds", "2",
+                           "--output", str(output)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    cases = [(width, grid) for width in bench_winograd.TILE_WIDTHS for grid in bench_winograd.TILE_GRIDS]
+    assert len(results["rows"]) == len(cases)
+    for row, ((in_channels, out_channels), (height, width)) in zip(results["rows"], cases):
+        assert (row["in_channels"], row["out_channels"], row["grid"], row["batch"]) == (
+            in_channels, out_channels, f"{width}x{height}", 1)
+        assert row["tiles"] == -(-height // 4) * -(-width // 4)
+        wide = min(in_channels, out_channels) >= winograd.MIN_CHANNELS
+        assert row["fast_path_winograd"] == (wide and row["tiles"] >= winograd.MIN_TILES)
+        entry = row["winograd"]["band_shape"]
+        assert row["direct_ms"] > 0 and entry["ms"] > 0 and entry["rel_error"] < 3e-5
+    assert {row["fast_path_winograd"] for row in results["rows"]} == {True, False}
+    assert (results["min_channels"], results["min_tiles"]) == (winograd.MIN_CHANNELS, winograd.MIN_TILES)
+
+
 def test_quick_cpu_labels_compare_every_bf16_choice_on_every_clip(tmp_path):
     """bench/bench_cpu_labels.py: one row per clip (seed × object count) and variant, each
     against eager fp32 of its own clip, and a summary that is the rows' mean and minimum."""

@@ -13,6 +13,13 @@ from remn.inference.winograd import WinogradConv2d, winograd_applies, winograd_p
 WINOGRAD_RTOL = 3e-5
 
 
+@pytest.fixture(autouse=True)
+def every_call_by_winograd(monkeypatch):
+    """These tests' convolutions are small: let F(4×4, 3×3) take every call (see
+    test_calls_on_few_tiles_run_the_direct_convolution for the rule itself)."""
+    monkeypatch.setattr(winograd, "MIN_TILES", 0)
+
+
 def conv_and_input(batch, in_channels, out_channels, height, width, bias=True, channels_last=True, seed=0):
     generator = torch.Generator().manual_seed(seed)
     conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias).eval().requires_grad_(False)
@@ -105,6 +112,30 @@ def test_under_an_autocast_winograd_runs_the_direct_convolution():
         want = F.relu(conv(x) + add)
         got = WinogradConv2d(conv)(x, add=add, relu=True)
     assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("batch, height, width, by_winograd", [
+    (1, 16, 12, False),  # 4 × 3 = 12 tiles: below MIN_TILES
+    (2, 16, 12, True),  # 24 tiles over the batch
+    (1, 13, 19, True),  # 4 × 5 tiles with tails
+    (3, 1, 1, False),  # one pixel, one tile per image
+])
+@pytest.mark.parametrize("add_relu", [False, True])
+def test_calls_on_few_tiles_run_the_direct_convolution(monkeypatch, batch, height, width, by_winograd, add_relu):
+    """A call on fewer than MIN_TILES tiles computes relu?(conv(x) + add?) with the direct
+    convolution (the Conv2d's own, to the bit, channels-last); every other by F(4×4, 3×3)."""
+    monkeypatch.setattr(winograd, "MIN_TILES", 16)
+    conv, x = conv_and_input(batch, 24, 40, height, width, channels_last=False)
+    add = torch.randn(batch, 40, height, width) if add_relu else None
+    direct = conv(x.contiguous(memory_format=torch.channels_last))
+    if add_relu:
+        direct = F.relu(direct + add)
+    module = WinogradConv2d(conv)
+    got = module(x, add=add, relu=add_relu)
+    assert module.pays_on(batch * -(-height // 4) * -(-width // 4)) == by_winograd
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == torch.float32
+    assert torch.equal(got, direct) == (not by_winograd)
+    torch.testing.assert_close(got, direct, rtol=0, atol=WINOGRAD_RTOL * direct.abs().max().item())
 
 
 def test_winograd_refuses_what_it_does_not_compute():

@@ -30,9 +30,12 @@ each a field of `FastPathSettings`:
   here) with at least 128 input and output channels computed by Winograd's F(4×4, 3×3)
   (`remn.inference.winograd`): a quarter of the multiplications; at 480p the decoder's
   Winograd convolutions take 0.53–0.58× the direct time in sum over a step of 1-4 objects
-  (0.35–0.77× each; `bench/bench_winograd.py`). Its rounding differs more than the
-  other fp32 routes' (about 1e-5 of the output's scale against 1e-6), still far below
-  bf16's. CPU only, and not with `compile_mode`.
+  (0.35–0.77× each; `bench/bench_winograd.py`). A call on fewer than 16 output tiles of
+  4×4 runs the direct convolution, where Winograd does not pay (`WinogradConv2d.pays_on`):
+  at one object, the decoder's 1/16-scale layers in frames under about 256×256 pixels and
+  its 1/8-scale ones under 128×128. Its rounding differs more than the other fp32 routes'
+  (about 1e-5 of the output's scale against 1e-6), still far below bf16's. CPU only, and
+  not with `compile_mode`.
 - `bf16`: which parts run under `torch.autocast("cpu", torch.bfloat16)`: "none", "key"
   (the key encoder), "encoders" (the key and value encoders), "all" (the encoders and the
   decoder) or "by_objects" (the key encoder, and the value encoder in steps with at most

@@ -19,7 +19,9 @@ The transforms touch 2.25× the input and output in memory, so the batch is proc
 bands of tile rows (of one image or several, `band_shape`) small enough to stay in cache
 and large enough for the 36 products to run near peak, each band through the whole
 pipeline: pad, gather tiles, Bᵀ·B, the 36 products, Aᵀ·A, bias, add and ReLU into the
-output. `WinogradConv2d` has `FusedConv`'s call: relu?(conv(x) + add?).
+output. `WinogradConv2d` has `FusedConv`'s call: relu?(conv(x) + add?). A call on few tiles
+(a small frame) runs the direct convolution instead: there reading the 4× larger transformed
+filters costs more than the quarter of the multiplications saves (`WinogradConv2d.pays_on`).
 """
 from __future__ import annotations
 
@@ -40,6 +42,15 @@ MAX_BAND_BYTES = 16 << 20
 # (on this project's CPU at 480p: 64 → 64 channels 1.3× the direct time, 128 → 128 0.78×,
 # 256 → 256 0.6×, 256 → 1 2.9×).
 MIN_CHANNELS = 128
+# On fewer tiles than this a call (N images of ⌈H/4⌉·⌈W/4⌉ tiles) runs the direct convolution:
+# the transformed filters are 4× the weight's bytes, read from memory on every call as a step
+# cycles through the model, and on few tiles that read outweighs the multiplications saved.
+# On this project's CPU, the two sides interleaved (cold weights, as in a step), each width
+# from 256 → 256 to 1024 → 512 took 1.04-1.37× the direct time by Winograd on 8 tiles,
+# 0.72-0.95× on 16, 0.47-0.74× on 32 and 0.30-0.56× on 405; 128 → 128 1.36× on 16 tiles and
+# 0.88× on 405, which this uniform rule leaves as before (`bench/bench_winograd.py --tiles`,
+# bench/results/cpu-winograd-tiles-2026-12-03.json).
+MIN_TILES = 16
 
 # Lavin & Gray's F(4×4, 3×3) matrices (points 0, ±1, ±2, ∞)
 _B_T = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
@@ -77,8 +88,9 @@ class WinogradConv2d(nn.Module):
     holds the transformed filters U [36, Cin, Cout] (4× the weight) beside the weight.
 
     x [N, Cin, H, W] fp32 (any memory format), add [N, Cout, H, W] → relu?(conv(x) + add?)
-    [N, Cout, H, W], channels-last, fp32. Under an autocast of x's device the direct
-    convolution runs instead, as the Conv2d would under it (autocast's dtypes).
+    [N, Cout, H, W], channels-last, fp32. The direct convolution runs instead under an
+    autocast of x's device, as the Conv2d would under it (autocast's dtypes), and where
+    F(4×4, 3×3) does not pay on x's tiles (`pays_on`).
     """
 
     def __init__(self, conv: nn.Conv2d):
@@ -99,11 +111,15 @@ class WinogradConv2d(nn.Module):
         self.weight, self.bias = conv.weight, conv.bias
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
 
+    @staticmethod
+    def pays_on(tiles: int) -> bool:
+        """Whether F(4×4, 3×3) pays on a call over `tiles` output tiles (N·⌈H/4⌉·⌈W/4⌉):
+        from MIN_TILES up."""
+        return tiles >= MIN_TILES
+
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):
-            out = F.conv2d(x, self.weight, self.bias, padding=1)
-            out = out if add is None else out + add
-            return F.relu(out) if relu else out
+            return self._direct(x, add, relu)
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.float32:
             raise ValueError(f"WinogradConv2d needs fp32 [N, {self.in_channels}, H, W], got {x.dtype} {tuple(x.shape)}")
         batch, _, height, width = x.shape
@@ -111,6 +127,8 @@ class WinogradConv2d(nn.Module):
             raise ValueError(f"add must be [N, Cout, H, W] = {(batch, self.out_channels, height, width)}, "
                              f"got {tuple(add.shape)}")
         tile_rows, tile_cols = -(-height // OUTPUT_TILE), -(-width // OUTPUT_TILE)
+        if not self.pays_on(batch * tile_rows * tile_cols):
+            return self._direct(x.contiguous(memory_format=torch.channels_last), add, relu)
         image = x.permute(0, 2, 3, 1)  # [N, H, W, Cin] (a view when x is channels-last)
         padded = torch.empty(batch, OUTPUT_TILE * tile_rows, OUTPUT_TILE * tile_cols, self.out_channels,
                              dtype=x.dtype, device=x.device)  # [N, 4·tiles, 4·tiles, Cout]: the output, whole tiles
@@ -129,6 +147,12 @@ class WinogradConv2d(nn.Module):
                     valid.relu_()
         out = padded[:, :height, :width].permute(0, 3, 1, 2)  # [N, Cout, H, W]
         return out.contiguous(memory_format=torch.channels_last)  # a copy only where H or W is not a multiple of 4
+
+    def _direct(self, x: torch.Tensor, add: torch.Tensor | None, relu: bool) -> torch.Tensor:
+        """relu?(conv(x) + add?) by the direct convolution of the conv's own weight and bias."""
+        out = F.conv2d(x, self.weight, self.bias, padding=1)
+        out = out if add is None else out + add
+        return F.relu(out) if relu else out
 
     def _band(self, image: torch.Tensor, first: int, rows: int, tile_cols: int, target: torch.Tensor) -> None:
         """Tile rows [first, first + rows) of image [N, H, W, Cin] → target [N, 4·rows, 4·tile_cols, Cout],
