@@ -18,9 +18,9 @@ object count. Winograd is timed on every call here, also where `WinogradConv2d.p
 would hand it to the direct convolution.
 
 `--tiles` times instead the widths TILE_WIDTHS on one image's grids of 1 to 405 tiles
-(TILE_GRIDS), the calls of small frames and 480p's 1/8 grid: the rows show from how many tiles each width pays,
-the figures behind MIN_TILES, each row with the choice the fast path makes
-for it (`winograd_pays` and `WinogradConv2d.pays_on`).
+(TILE_GRIDS), the calls of small frames and 480p's 1/8 grid: the rows show from how many
+tiles each width pays, the figures behind MIN_TILES, each row with the choice the fast path
+makes for it (`winograd_pays` and `WinogradConv2d.pays_on`).
 """
 from __future__ import annotations
 
