@@ -88,13 +88,13 @@ def measure(conv, batch, height, width, rounds: int, band_choices) -> dict:
                 seconds[side].append(time.perf_counter() - started)
     exact = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
     scale = exact.abs().max().item()
+    tiles = batch * -(-height // 4) * -(-width // 4)  # the call's output tiles of 4×4
     direct_ms = 1e3 * statistics.median(seconds["direct"][1:])
     row = {"batch": batch, "in_channels": conv.in_channels, "out_channels": conv.out_channels,
            "grid": f"{width}x{height}", "direct_ms": direct_ms,
            "direct_rel_error": ((conv(x).double() - exact).abs().max() / scale).item(),
            "direct_ms_samples": [1e3 * t for t in seconds["direct"]],
-           "fast_path_winograd": winograd_pays(conv) and fast.pays_on(batch * -(-height // 4) * -(-width // 4)),
-           "winograd": {}}
+           "tiles": tiles, "fast_path_winograd": winograd_pays(conv) and fast.pays_on(tiles), "winograd": {}}
     for choice in band_choices:
         with bands(choice):
             images, band_rows = winograd.band_shape(batch, -(-height // 4), -(-width // 4), conv.in_channels)
@@ -172,7 +172,6 @@ def tile_sweep(output: Path, rounds: int, threads: int) -> int:
             for height, width in TILE_GRIDS:
                 conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1).eval().requires_grad_(False)
                 row = measure(conv, 1, height, width, rounds, ("band_shape",))
-                row["tiles"] = -(-height // 4) * -(-width // 4)
                 report(row, f"{row['tiles']} tiles")
                 rows.append(row)
     results = {"environment": environment(torch.device("cpu")), "threads": threads, "rounds": rounds,
