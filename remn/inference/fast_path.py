@@ -25,7 +25,11 @@ each a field of `FastPathSettings`:
   convolutions, a few ulp apart); in the bf16 trunks the sum is rounded to bf16 once where
   the separate ops round twice. CPU only (`conv_pointwise_available`), with
   `channels_last` (oneDNN fuses the add only into channels-last outputs), and not with
-  `compile_mode`, where Inductor fuses the graph itself.
+  `compile_mode`, where Inductor fuses the graph itself. A small fp32 call (under
+  PACKED_WEIGHTS_BELOW_PIXELS output pixels) runs on its weight packed once in oneDNN's
+  blocked layout for its input's shape, where oneDNN would otherwise reorder the weight on
+  every call: in small frames that reorder, not the arithmetic, takes most of a wide
+  convolution's time. Exact: the packed and the plain call give the same bits.
 - `winograd`: the 3×3, stride-1 convolutions of the fp32 trunks (the decoder, by default
   here) with at least 128 input and output channels computed by Winograd's F(4×4, 3×3)
   (`remn.inference.winograd`): a quarter of the multiplications; at 480p the decoder's
@@ -44,8 +48,10 @@ each a field of `FastPathSettings`:
   autocast off).
   None (the default) follows `InferenceConfig.precision`: "all" for "bf16", "none" for
   "fp32", and for "auto" "by_objects" where the processor has native bf16 dot products
-  (`cpu_has_native_bf16`: AVX512-BF16 or AMX, as torch reports them; elsewhere oneDNN
-  emulates bf16 and it does not pay), else "none". The encoders' outputs feed the memory
+  (`cpu_has_native_bf16`: AVX512-BF16 or AMX, as torch reports them; elsewhere bf16 does
+  not pay: oneDNN emulates it on other AVX512 CPUs and has no bf16 convolution on AVX2
+  ones, where torch's own computes it, `remn.inference.onednn.onednn_convolves`), else
+  "none". The encoders' outputs feed the memory
   read and the decoder; with trained weights bf16 there kept 99.89-99.96 % of eager fp32's
   labels at 2 objects but 98.99-99.80 % at 4, nearly all flips on pixels fp32 leaves within
   1e-3 of a tie. The value encoder, run once per object, makes most of those flips: with
@@ -82,6 +88,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from remn.inference.onednn import FusedConv, conv_pointwise_available
 from remn.inference.winograd import WinogradConv2d, winograd_pays
 from remn.model.modules import ResBlock, UpsampleBlock
 from remn.model.network import REMN
@@ -193,47 +200,6 @@ def fold_batchnorm(module: nn.Module) -> None:
             if isinstance(bn, nn.BatchNorm2d):
                 setattr(block, conv_name, fuse_conv_bn_eval(getattr(block, conv_name), bn))
                 setattr(block, bn_name, nn.Identity())
-
-
-def conv_pointwise_available() -> bool:
-    """Whether this torch build has oneDNN's convolution with fused post-ops
-    (`torch.ops.mkldnn._convolution_pointwise`, a CPU op)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-
-
-class FusedConv(nn.Module):
-    """A Conv2d with what follows it inside the one oneDNN call: relu?(conv(x) + add?).
-
-    x [N, Cin, H, W], add [N, Cout, H', W'] → [N, Cout, H', W'], channels-last: oneDNN
-    fuses the add only into a channels-last output (in NCHW torch falls back to the separate
-    ops, which have no bf16 add-relu), so inputs in another layout are made channels-last
-    first (the fast path already hands them so). It computes in the dtype a Conv2d would:
-    the CPU autocast's where one is on (autocast does not see this op, so the casts are made
-    here; weights `store_bf16_weights` holds in bf16 are taken as they are), else the
-    weights'. In fp32 it matches conv, + and relu run apart to rounding; in bf16
-    conv(x) + add is rounded once, not twice.
-    """
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"FusedConv needs explicit zero padding, got padding={conv.padding!r} "
-                             f"padding_mode={conv.padding_mode!r}")
-        self.weight, self.bias = conv.weight, conv.bias
-        self.padding, self.stride, self.dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
-        self.groups = conv.groups
-
-    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else self.weight.dtype
-        x, weight = x.to(dtype).contiguous(memory_format=torch.channels_last), self.weight.to(dtype)
-        bias = None if self.bias is None else self.bias.to(dtype)
-        geometry = (self.padding, self.stride, self.dilation, self.groups)
-        if add is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, "relu" if relu else "none",
-                                                           [None], "")
-        add = add.to(dtype).contiguous(memory_format=torch.channels_last)
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, add, weight, bias, *geometry, "add", None,
-                                                              "relu" if relu else None, [None], "")
 
 
 def _fused(conv: nn.Module) -> nn.Module:

@@ -20,14 +20,17 @@ bands of tile rows (of one image or several, `band_shape`) small enough to stay 
 and large enough for the 36 products to run near peak, each band through the whole
 pipeline: pad, gather tiles, Bᵀ·B, the 36 products, Aᵀ·A, bias, add and ReLU into the
 output. `WinogradConv2d` has `FusedConv`'s call: relu?(conv(x) + add?). A call on few tiles
-(a small frame) runs the direct convolution instead: there reading the 4× larger transformed
-filters costs more than the quarter of the multiplications saves (`WinogradConv2d.pays_on`).
+(a small frame) runs the direct convolution instead, as a `FusedConv` on the CPU (post-ops
+inside, small calls on packed weights): there reading the 4× larger transformed filters
+costs more than the quarter of the multiplications saves (`WinogradConv2d.pays_on`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from remn.inference.onednn import FusedConv, conv_pointwise_available
 
 OUTPUT_TILE, INPUT_TILE = 4, 6  # F(4×4, 3×3): 4×4 outputs from 6×6 inputs
 POSITIONS = INPUT_TILE * INPUT_TILE  # 36 products per tile
@@ -110,6 +113,8 @@ class WinogradConv2d(nn.Module):
         # autocast) and bias [Cout] or None, not copies
         self.weight, self.bias = conv.weight, conv.bias
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        # the direct convolution, on the same weight and bias: oneDNN's fused call on the CPU
+        self.direct = FusedConv(conv) if conv_pointwise_available() else None
 
     @staticmethod
     def pays_on(tiles: int) -> bool:
@@ -150,6 +155,8 @@ class WinogradConv2d(nn.Module):
 
     def _direct(self, x: torch.Tensor, add: torch.Tensor | None, relu: bool) -> torch.Tensor:
         """relu?(conv(x) + add?) by the direct convolution of the conv's own weight and bias."""
+        if self.direct is not None and x.device.type == "cpu":
+            return self.direct(x, add, relu)
         out = F.conv2d(x, self.weight, self.bias, padding=1)
         out = out if add is None else out + add
         return F.relu(out) if relu else out
