@@ -20,8 +20,8 @@ def conv_pointwise_available() -> bool:
 
 # Below this many output pixels (N·H'·W') an fp32 FusedConv call takes its weight packed in
 # oneDNN's blocked layout for its input's shape, packed on the first call of that shape,
-# instead of the plain weight oneDNN reorders on every call. On this project's 2-core CPU
-# (AMD EPYC, AVX2), one call on its own: 1024 → 512 3×3 at 8×8 took 5.4 ms packed against
+# instead of the plain weight oneDNN reorders on every call. On a 2-core AMD EPYC (AVX2;
+# 2026-12-07), one call on its own: 1024 → 512 3×3 at 8×8 took 5.4 ms packed against
 # 18 ms plain, 64 → 64 at 16×16 0.20 against 0.29 ms, 1024 → 512 at 30×54 (1620 pixels)
 # 0.93× and 64 → 64 at 120×216 1.0×: the reorder's cost is the weight's, the arithmetic's
 # grows with the pixels. The packed copy takes the weight's memory again.
