@@ -7,11 +7,14 @@ in that layout ahead (`torch._C._nn.mkldnn_reorder_conv2d_weight`).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@functools.cache
 def conv_pointwise_available() -> bool:
     """Whether this torch build has oneDNN's convolution with fused post-ops
     (`torch.ops.mkldnn._convolution_pointwise`, a CPU op)."""
@@ -28,6 +31,7 @@ def conv_pointwise_available() -> bool:
 PACKED_WEIGHTS_BELOW_PIXELS = 1024
 
 
+@functools.cache
 def onednn_convolves(dtype: torch.dtype) -> bool:
     """Whether oneDNN's convolution takes `dtype` on this CPU: fp32 on every CPU; bf16 and
     fp16 only where the CPU has the instructions oneDNN's kernels for them need (bf16:
@@ -49,8 +53,9 @@ class FusedConv(nn.Module):
     first (the fast path already hands them so). It computes in the dtype a Conv2d would:
     the CPU autocast's where one is on (autocast does not see this op, so the casts are made
     here; weights `store_bf16_weights` holds in bf16 are taken as they are), else the
-    weights'. A dtype oneDNN cannot convolve on this CPU (`onednn_convolves`: bf16 without
-    AVX512 or AVX-NE-CONVERT) runs torch's convolution and the add and ReLU apart.
+    weights'. Where oneDNN cannot take the call (x off the CPU, a torch build without the op,
+    a dtype oneDNN cannot convolve on this CPU, `onednn_convolves`: bf16 without AVX512 or
+    AVX-NE-CONVERT) it runs torch's convolution and the add and ReLU apart.
     In fp32 it matches conv, + and relu run apart to rounding; in bf16
     conv(x) + add is rounded once, not twice. Small fp32 calls run on packed weights
     (PACKED_WEIGHTS_BELOW_PIXELS, `_packed_weight`), to the same bits.
@@ -79,7 +84,8 @@ class FusedConv(nn.Module):
         bias = None if self.bias is None else self.bias.to(dtype)
         if add is not None:
             add = add.to(dtype).contiguous(memory_format=torch.channels_last)
-        if not onednn_convolves(dtype):  # torch's convolution, then the add and the ReLU apart
+        if x.device.type != "cpu" or not conv_pointwise_available() or not onednn_convolves(dtype):
+            # torch's convolution, then the add and the ReLU apart
             out = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
             out = out if add is None else out + add
             return F.relu(out) if relu else out

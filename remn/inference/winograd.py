@@ -20,7 +20,7 @@ bands of tile rows (of one image or several, `band_shape`) small enough to stay 
 and large enough for the 36 products to run near peak, each band through the whole
 pipeline: pad, gather tiles, Bᵀ·B, the 36 products, Aᵀ·A, bias, add and ReLU into the
 output. `WinogradConv2d` has `FusedConv`'s call: relu?(conv(x) + add?). A call on few tiles
-(a small frame) runs the direct convolution instead, as a `FusedConv` on the CPU (post-ops
+(a small frame) runs the direct convolution instead, as a `FusedConv` (on the CPU post-ops
 inside, small calls on packed weights): there reading the 4× larger transformed filters
 costs more than the quarter of the multiplications saves (`WinogradConv2d.pays_on`).
 """
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from remn.inference.onednn import FusedConv, conv_pointwise_available
+from remn.inference.onednn import FusedConv
 
 OUTPUT_TILE, INPUT_TILE = 4, 6  # F(4×4, 3×3): 4×4 outputs from 6×6 inputs
 POSITIONS = INPUT_TILE * INPUT_TILE  # 36 products per tile
@@ -109,12 +109,11 @@ class WinogradConv2d(nn.Module):
         b_t, a_t = torch.tensor(_B_T, dtype=torch.float64), torch.tensor(_A_T, dtype=torch.float64)
         self.register_buffer("input_transform", torch.kron(b_t, b_t).float())  # Bᵀ ⊗ Bᵀ: [36, 36]
         self.register_buffer("output_transform", torch.kron(a_t, a_t).float())  # Aᵀ ⊗ Aᵀ: [16, 36]
-        # the conv's own fp32 weight [Cout, Cin, 3, 3] (for the direct convolution under an
-        # autocast) and bias [Cout] or None, not copies
+        # the conv's own fp32 weight [Cout, Cin, 3, 3] and bias [Cout] or None (the bands add
+        # it), not copies; the direct convolution relu?(conv(x) + add?) shares both
         self.weight, self.bias = conv.weight, conv.bias
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        # the direct convolution, on the same weight and bias: oneDNN's fused call on the CPU
-        self.direct = FusedConv(conv) if conv_pointwise_available() else None
+        self.direct = FusedConv(conv)
 
     @staticmethod
     def pays_on(tiles: int) -> bool:
@@ -124,7 +123,7 @@ class WinogradConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):
-            return self._direct(x, add, relu)
+            return self.direct(x, add, relu)
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.float32:
             raise ValueError(f"WinogradConv2d needs fp32 [N, {self.in_channels}, H, W], got {x.dtype} {tuple(x.shape)}")
         batch, _, height, width = x.shape
@@ -133,7 +132,7 @@ class WinogradConv2d(nn.Module):
                              f"got {tuple(add.shape)}")
         tile_rows, tile_cols = -(-height // OUTPUT_TILE), -(-width // OUTPUT_TILE)
         if not self.pays_on(batch * tile_rows * tile_cols):
-            return self._direct(x.contiguous(memory_format=torch.channels_last), add, relu)
+            return self.direct(x, add, relu)
         image = x.permute(0, 2, 3, 1)  # [N, H, W, Cin] (a view when x is channels-last)
         padded = torch.empty(batch, OUTPUT_TILE * tile_rows, OUTPUT_TILE * tile_cols, self.out_channels,
                              dtype=x.dtype, device=x.device)  # [N, 4·tiles, 4·tiles, Cout]: the output, whole tiles
@@ -152,14 +151,6 @@ class WinogradConv2d(nn.Module):
                     valid.relu_()
         out = padded[:, :height, :width].permute(0, 3, 1, 2)  # [N, Cout, H, W]
         return out.contiguous(memory_format=torch.channels_last)  # a copy only where H or W is not a multiple of 4
-
-    def _direct(self, x: torch.Tensor, add: torch.Tensor | None, relu: bool) -> torch.Tensor:
-        """relu?(conv(x) + add?) by the direct convolution of the conv's own weight and bias."""
-        if self.direct is not None and x.device.type == "cpu":
-            return self.direct(x, add, relu)
-        out = F.conv2d(x, self.weight, self.bias, padding=1)
-        out = out if add is None else out + add
-        return F.relu(out) if relu else out
 
     def _band(self, image: torch.Tensor, first: int, rows: int, tile_cols: int, target: torch.Tensor) -> None:
         """Tile rows [first, first + rows) of image [N, H, W, Cin] → target [N, 4·rows, 4·tile_cols, Cout],
